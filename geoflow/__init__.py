@@ -1,0 +1,40 @@
+"""geoflow: scene-classification maps of whole regions from cloudy Sentinel-2 and Sentinel-1.
+
+The public API is small:
+
+- :func:`geoflow.classify_region` maps a bbox over a date range and returns an
+  ``xarray.Dataset`` (optionally streamed to a Zarr store);
+- :func:`geoflow.plot` draws such a map with its legend;
+- :class:`geoflow.GeoflowError` is the root of every error geoflow raises on purpose.
+
+Heavy modules (torch, dask) are imported lazily so ``import geoflow`` stays fast.
+"""
+
+from __future__ import annotations
+
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+from geoflow.errors import GeoflowError
+
+try:
+    __version__ = version("geoflow")
+except PackageNotFoundError:  # running from a source tree without install
+    __version__ = "0.0.0+unknown"
+
+_LAZY = {
+    "classify_region": ("geoflow.regional", "classify_region"),
+    "plot": ("geoflow.plot", "plot"),
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        import importlib
+
+        module, attr = _LAZY[name]
+        return getattr(importlib.import_module(module), attr)
+    raise AttributeError(f"module 'geoflow' has no attribute {name!r}")
+
+
+__all__ = ["GeoflowError", "__version__", "classify_region", "plot"]
