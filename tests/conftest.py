@@ -1,0 +1,48 @@
+"""Session fixtures shared by the whole suite: the small sample archive and its STAC API.
+
+``small_archive`` is created once per session (``size="small"``, seed 0); ``stac_url`` serves it
+through the real server (stac-fastapi-pgstac on a private PostgreSQL) on 127.0.0.1 and stops
+everything at the end of the session. Use these instead of starting servers of your own.
+Tests that use ``stac_url`` (or ``stac_server``) are marked ``server`` automatically.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+_SERVER_FIXTURES = {"stac_url", "stac_server"}
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SERVER_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.server)
+
+
+@pytest.fixture(scope="session")
+def small_archive(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Path of the small sample archive (seed 0), created once per session."""
+    from geoflow.archive import create_archive
+
+    path = tmp_path_factory.mktemp("archive") / "small"
+    create_archive(path, seed=0, size="small")
+    return path
+
+
+@pytest.fixture(scope="session")
+def stac_server(small_archive: Path) -> Iterator[Any]:
+    """The running :class:`geoflow.archive.server.ArchiveServer` for ``small_archive``."""
+    from geoflow.archive.server import serve_archive
+
+    with serve_archive(small_archive) as srv:
+        yield srv
+
+
+@pytest.fixture(scope="session")
+def stac_url(stac_server: Any) -> str:
+    """STAC API root of the served ``small_archive``, ``"http://127.0.0.1:PORT"``."""
+    return str(stac_server.url)
