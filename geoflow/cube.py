@@ -1,0 +1,405 @@
+"""Lazy Sentinel-2 + Sentinel-1 cubes on one grid, built with stackstac.
+
+:func:`build_cube` turns the raw STAC items of a search into an ``xarray.Dataset`` backed by
+Dask: nothing is read until it is computed. Sentinel-2 becomes float32 surface reflectance
+(the processing-baseline offset applied), mosaicked per solar day, with its SCL layer and a
+cloud mask; each Sentinel-2 date is paired with the nearest Sentinel-1 acquisition within a
+tolerance, converted to dB. All layers share the :class:`~geoflow.grid.GridSpec` pixel grid
+exactly, so a cube of a chunk window is a window of the cube of the whole grid.
+
+Examples
+--------
+>>> from geoflow.catalog import search_scenes            # doctest: +SKIP
+>>> from geoflow.grid import GridSpec                     # doctest: +SKIP
+>>> scenes = search_scenes(request, "http://127.0.0.1:8080")  # doctest: +SKIP
+>>> cube = build_cube(scenes, GridSpec.from_bbox(request.bbox, align=32))  # doctest: +SKIP
+>>> cube.reflectance.sel(band="B08").isel(time=0).compute()  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from collections.abc import Mapping, Sequence
+from types import SimpleNamespace
+from typing import Any
+
+import dask.array as da
+import numpy as np
+import pandas as pd
+import rioxarray  # noqa: F401  (registers the .rio accessor)
+import xarray as xr
+from rasterio.enums import Resampling
+
+# Band names and SCL codes are defined once, with the archive that writes them.
+from geoflow.archive._world import CLOUDY_SCL, S1_BANDS, S2_BANDS
+from geoflow.errors import CubeError
+from geoflow.grid import GridSpec
+
+#: Asset key of the Sentinel-2 scene classification layer.
+SCL_ASSET = "SCL"
+#: Polarisation coordinate labels of the ``sar`` variable (asset keys upper-cased).
+POLARIZATIONS = tuple(b.upper() for b in S1_BANDS)
+#: Sentinel-2 L2A digital numbers per unit reflectance.
+S2_SCALE = 10_000.0
+#: From processing baseline 04.00 (January 2022) L2A DNs carry a +1000 offset.
+S2_OFFSET_BASELINE = "04.00"
+S2_OFFSET = -1000.0
+#: Nodata of Sentinel-1 RTC assets (linear gamma0, float32).
+S1_NODATA = -32768.0
+DEFAULT_CHUNKSIZE = 1024
+
+
+def s2_offset(processing_baseline: str | float | None) -> float:
+    """The DN offset to add before scaling, for a ``s2:processing_baseline``.
+
+    Baselines "04.00" and later store ``DN = reflectance * 10000 + 1000``; earlier ones have
+    no offset. A missing baseline is taken as old (no offset), as on older catalogues.
+
+    Examples
+    --------
+    >>> s2_offset("05.10"), s2_offset("04.00"), s2_offset("03.01"), s2_offset(None)
+    (-1000.0, -1000.0, 0.0, 0.0)
+    """
+    if processing_baseline is None or processing_baseline == "":
+        return 0.0
+    try:
+        baseline = float(processing_baseline)
+    except (TypeError, ValueError):
+        raise CubeError(f"s2:processing_baseline {processing_baseline!r} is not a version "
+                        "number", hint="items must carry baselines like '05.10'") from None
+    return S2_OFFSET if baseline >= float(S2_OFFSET_BASELINE) else 0.0
+
+
+def solar_day(item: Mapping[str, Any]) -> pd.Timestamp:
+    """The local solar day of an item (UTC time shifted by the footprint's longitude / 15 h).
+
+    Scenes of one overpass keep one solar day even when the UTC date changes mid-swath.
+
+    Examples
+    --------
+    >>> solar_day({"properties": {"datetime": "2024-06-01T23:30:00Z"},
+    ...            "bbox": [29.0, 0.0, 31.0, 1.0]})
+    Timestamp('2024-06-02 00:00:00')
+    """
+    when = _item_time(item)
+    bbox = item.get("bbox")
+    lon = (float(bbox[0]) + float(bbox[2])) / 2.0 if bbox else 0.0
+    return (when + pd.Timedelta(hours=lon / 15.0)).normalize()
+
+
+def _item_time(item: Mapping[str, Any]) -> pd.Timestamp:
+    props = item.get("properties") or {}
+    value = props.get("datetime") or props.get("start_datetime")
+    if not value:
+        raise CubeError(f"item {item.get('id')!r} has no datetime",
+                        hint="pass STAC items with properties.datetime")
+    ts = pd.Timestamp(value)
+    return ts.tz_convert(None) if ts.tzinfo is not None else ts
+
+
+def _as_dicts(items: Sequence[Any] | None, sensor: str, assets: Sequence[str]) -> list[dict]:
+    """Plain item dicts with ``proj:epsg`` set and the needed assets present."""
+    out: list[dict] = []
+    for raw in items or []:
+        item = raw.to_dict() if hasattr(raw, "to_dict") else raw
+        if not isinstance(item, Mapping):
+            raise CubeError(f"{sensor} scene {raw!r} is not a STAC item",
+                            hint="pass SceneSet items (raw STAC item dicts)")
+        item = dict(item)
+        props = dict(item.get("properties") or {})
+        if props.get("proj:epsg") is None:
+            # stackstac reads only proj:epsg; STAC 1.1 items (pystac >= 1.12) carry proj:code.
+            code = props.get("proj:code")
+            if isinstance(code, str) and code.upper().startswith("EPSG:"):
+                props["proj:epsg"] = int(code.split(":", 1)[1])
+            else:
+                raise CubeError(
+                    f"{sensor} item {item.get('id')!r} has no proj:epsg (or proj:code)",
+                    hint="use items with the projection extension (proj:epsg), e.g. the raw "
+                         "dicts of search.item_collection_as_dict()")
+        item["properties"] = props
+        missing = [a for a in assets if a not in (item.get("assets") or {})]
+        if missing:
+            raise CubeError(f"{sensor} item {item.get('id')!r} lacks assets {missing}",
+                            hint=f"{sensor} items need the assets {list(assets)}")
+        out.append(item)
+    return out
+
+
+def _overlaps(item: Mapping[str, Any], bbox: Sequence[float]) -> bool:
+    ib = item.get("bbox")
+    if not ib:
+        return True  # let stackstac decide from proj metadata
+    # A 3D bbox is [w, s, zmin, e, n, zmax].
+    w, s, e, n = (float(ib[i]) for i in ((0, 1, 3, 4) if len(ib) == 6 else (0, 1, 2, 3)))
+    return w < bbox[2] and e > bbox[0] and s < bbox[3] and n > bbox[1]
+
+
+def _chunks(chunksize: int | Sequence[int] | None, grid: GridSpec) -> tuple[int, int]:
+    if chunksize is None:
+        return (min(DEFAULT_CHUNKSIZE, grid.height), min(DEFAULT_CHUNKSIZE, grid.width))
+    sizes = [chunksize] * 2 if isinstance(chunksize, int | np.integer) else list(chunksize)
+    if len(sizes) != 2 or not all(isinstance(s, int | np.integer) and s > 0 for s in sizes):
+        raise CubeError(f"chunksize {chunksize!r} must be a positive pixel count or (y, x)",
+                        hint="pass a multiple of the patch size, e.g. chunksize=512")
+    return (int(sizes[0]), int(sizes[1]))
+
+
+def _stack(items: list[dict], assets: list[str], grid: GridSpec, chunks: tuple[int, int],
+           dtype: str, fill: Any, resampling: Resampling) -> xr.DataArray:
+    import stackstac
+
+    try:
+        with warnings.catch_warnings():
+            # stackstac 0.5.1 uses affine's deprecated `*` operator (4 warnings per call).
+            warnings.simplefilter("ignore", PendingDeprecationWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            arr = stackstac.stack(
+                items, assets=assets, epsg=grid.epsg, resolution=grid.resolution,
+                bounds=grid.bounds, snap_bounds=False, resampling=resampling,
+                chunksize=chunks, dtype=np.dtype(dtype), fill_value=fill, rescale=False,
+                sortby_date=False, xy_coords="center", properties=False, band_coords=False)
+    except ValueError as err:
+        raise CubeError(f"stackstac could not stack {len(items)} items onto the grid "
+                        f"EPSG:{grid.epsg} {grid.bounds}: {err}",
+                        hint="check that the items' proj metadata and the grid's CRS "
+                             "match the scenes") from None
+    if arr.shape[-2:] != grid.shape:
+        raise CubeError(f"stacked shape {arr.shape[-2:]} differs from the grid {grid.shape}",
+                        hint="use a grid whose bounds are whole pixels (GridSpec.from_bbox)")
+    # Float rounding in stackstac's linspace: keep the grid's own coordinates, bit for bit.
+    if not (np.allclose(arr.x.values, grid.x_coords, rtol=0, atol=grid.resolution * 1e-6)
+            and np.allclose(arr.y.values, grid.y_coords, rtol=0, atol=grid.resolution * 1e-6)):
+        raise CubeError("stackstac placed the pixels off the grid",  # pragma: no cover
+                        hint="report this with the grid's to_dict()")
+    return xr.DataArray(arr.data, dims=arr.dims,
+                        coords={"id": ("time", list(arr["id"].values))})
+
+
+def _mosaic(arr: xr.DataArray, groups: list[list[str]], nodata: Any) -> list[Any]:
+    """One dask array per group of item ids (first valid pixel wins, in group order)."""
+    import stackstac
+
+    index = {item_id: i for i, item_id in enumerate(arr["id"].values)}
+    out: list[Any] = []
+    for ids in groups:
+        rows = [index[i] for i in ids if i in index]
+        if not rows:
+            out.append(None)
+        elif len(rows) == 1:
+            out.append(arr.data[rows[0]])
+        else:
+            out.append(stackstac.mosaic(arr.isel(time=rows), dim="time", reverse=True,
+                                        nodata=nodata).data)
+    return out
+
+
+def _full(shape: tuple[int, ...], chunks: tuple[int, ...], value: Any, dtype: str) -> da.Array:
+    return da.full(shape, value, dtype=dtype, chunks=chunks)
+
+
+def _pair_s1(s2_times: list[pd.Timestamp], acquisitions: list[tuple[pd.Timestamp, list[str]]],
+             tolerance: pd.Timedelta) -> list[int | None]:
+    """For each S2 time, the index of the nearest S1 acquisition within the tolerance."""
+    pairs: list[int | None] = []
+    for t2 in s2_times:
+        best: int | None = None
+        best_gap = tolerance
+        for k, (t1, _) in enumerate(acquisitions):
+            gap = abs(t1 - t2)
+            # `<=`: a gap of exactly the tolerance still pairs; ties keep the earlier one.
+            if gap <= best_gap and (best is None or gap < best_gap):
+                best, best_gap = k, gap
+        pairs.append(best)
+    return pairs
+
+
+def build_cube(
+    scenes: Any,
+    grid: GridSpec,
+    *,
+    s1_tolerance_days: float = 6,
+    chunksize: int | Sequence[int] | None = None,
+) -> xr.Dataset:
+    """Build the lazy S2 + S1 cube of a scene set on a grid; nothing is read until computed.
+
+    Parameters
+    ----------
+    scenes
+        A :class:`geoflow.catalog.SceneSet` (anything with ``.s2`` and ``.s1`` lists of raw
+        STAC item dicts; pystac Items are converted).
+    grid
+        The output grid; every variable lands on it exactly (``x``/``y`` equal
+        ``grid.x_coords``/``grid.y_coords``). Any grid works, a chunk window too.
+    s1_tolerance_days
+        Largest gap between a Sentinel-2 date and its Sentinel-1 pair.
+    chunksize
+        Dask chunk size in pixels, ``int`` or ``(y, x)``; pass a multiple of the patch size
+        so chunks hold whole patches. Default: up to 1024.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``reflectance`` (time, band, y, x) float32 surface reflectance, NaN = no data;
+        ``scl`` (time, y, x) uint8, 0 = no data; ``cloud`` (time, y, x) float32, 1 where SCL
+        is cloud/shadow/cirrus, 0 clear, NaN no data; ``sar`` (time, pol, y, x) float32 dB, NaN
+        where there is no Sentinel-1 pair. Coordinates: ``time`` (Sentinel-2 solar day),
+        ``band``, ``pol``, ``y``, ``x``, ``s2_time`` (mean acquisition time), ``s1_time``
+        (NaT when unpaired), ``s1_available``, ``s2_ids``/``s1_ids`` (comma-joined item ids)
+        and the CRS in ``spatial_ref`` (rioxarray).
+
+    Raises
+    ------
+    CubeError
+        No Sentinel-2 scenes, items without ``proj:epsg`` or without the needed assets, a
+        geographic grid, or a bad chunk size. A grid that no scene reaches gives an all
+        no-data cube (``s2_ids`` empty), not an error.
+
+    Examples
+    --------
+    >>> cube = build_cube(scenes, GridSpec.from_bbox(bbox, align=32), chunksize=256)
+    ... # doctest: +SKIP
+    >>> cube.sar.sel(pol="VV").where(cube.s1_available).mean().compute()  # doctest: +SKIP
+    """
+    if not isinstance(grid, GridSpec):
+        raise CubeError(f"grid must be a GridSpec, got {type(grid).__name__}",
+                        hint="build one with GridSpec.from_bbox(bbox)")
+    if grid.crs.is_geographic:
+        raise CubeError(f"grid CRS EPSG:{grid.epsg} is geographic (degrees)",
+                        hint="use a projected grid in metres, e.g. GridSpec.from_bbox(bbox) "
+                             "picks the UTM zone")
+    try:
+        tolerance = pd.Timedelta(days=float(s1_tolerance_days))
+    except (TypeError, ValueError, OverflowError):
+        tolerance = pd.Timedelta(days=-1)
+    if not tolerance >= pd.Timedelta(0):
+        raise CubeError(f"s1_tolerance_days {s1_tolerance_days!r} must be a number >= 0",
+                        hint="pass a number of days, e.g. s1_tolerance_days=6")
+    chunks = _chunks(chunksize, grid)
+
+    if isinstance(scenes, Mapping):  # {"s2": [...], "s1": [...]} works as well
+        scenes = SimpleNamespace(s2=scenes.get("s2"), s1=scenes.get("s1"))
+    if not hasattr(scenes, "s2"):
+        raise CubeError(f"scenes must be a SceneSet, got {type(scenes).__name__}",
+                        hint="pass the result of geoflow.catalog.search_scenes(request, url)")
+    s2_all = _as_dicts(scenes.s2, "Sentinel-2", [*S2_BANDS, SCL_ASSET])
+    s1_all = _as_dicts(getattr(scenes, "s1", None), "Sentinel-1", list(S1_BANDS))
+    if not s2_all:
+        raise CubeError("no Sentinel-2 scenes to build a cube from",
+                        hint="widen the dates or the bbox, or raise max_cloud, and search again")
+
+    # Time axis: every solar day of the scene set, so that cubes of different windows of one
+    # request have the same time steps (windows missing a day get NaN there).
+    s2_all.sort(key=lambda it: (solar_day(it), _item_time(it), it["id"]))
+    days = sorted({solar_day(it) for it in s2_all})
+    by_day: dict[pd.Timestamp, list[dict]] = {d: [] for d in days}
+    for it in s2_all:
+        by_day[solar_day(it)].append(it)
+    s2_times = [pd.Series([_item_time(it) for it in by_day[d]]).mean() for d in days]
+
+    area = grid.bbox_lonlat
+    # A window that no scene reaches (a chunk past the archive's edge) is all no-data, not an
+    # error: a regional run maps it as no-data instead of failing the chunk.
+    s2_items = [it for it in s2_all if _overlaps(it, area)]
+    nt, (ny, nx) = len(days), grid.shape
+    cy, cx = chunks
+    refl_days: list[Any] = [None] * nt
+    scl_days: list[Any] = [None] * nt
+    day_ids: list[list[str]] = [[] for _ in days]
+    if s2_items:
+        # --- Sentinel-2 reflectance: DN -> (DN + offset) / 10000, DN 0 = nodata.
+        dn = _stack(s2_items, list(S2_BANDS), grid, chunks, "float32", np.float32(np.nan),
+                    Resampling.bilinear)
+        stacked = set(dn["id"].values)
+        day_ids = [[it["id"] for it in by_day[d] if it["id"] in stacked] for d in days]
+        offsets = {it["id"]: s2_offset(it["properties"].get("s2:processing_baseline"))
+                   for it in s2_items}
+        off = xr.DataArray(np.array([offsets[i] for i in dn["id"].values], dtype="float32"),
+                           dims="time")
+        refl = ((dn + off) / np.float32(S2_SCALE)).where(dn != 0).astype("float32")
+        refl_days = _mosaic(refl.assign_coords(id=dn["id"]), day_ids, np.nan)
+        # --- SCL at 20 m -> 10 m by nearest neighbour (codes must not be blended); 0 = nodata.
+        scl_raw = _stack(s2_items, [SCL_ASSET], grid, chunks, "uint8", np.uint8(0),
+                         Resampling.nearest)
+        scl_days = [a[0] if a is not None else None for a in _mosaic(scl_raw, day_ids, 0)]
+    refl_days = [a if a is not None else
+                 _full((len(S2_BANDS), ny, nx), (1, cy, cx), np.nan, "float32")
+                 for a in refl_days]
+    scl_days = [a if a is not None else _full((ny, nx), (cy, cx), 0, "uint8")
+                for a in scl_days]
+    scl = da.stack(scl_days)
+    cloud = da.where(scl == 0, np.float32(np.nan),
+                     da.isin(scl, np.array(CLOUDY_SCL, dtype="uint8")).astype("float32"))
+
+    # --- Sentinel-1: group frames of one pass, pair each S2 date with the nearest pass.
+    s1_items = [it for it in s1_all if _overlaps(it, area)]
+    s1_items.sort(key=lambda it: (_item_time(it), it["id"]))
+    passes: dict[tuple[pd.Timestamp, str], list[dict]] = {}
+    for it in s1_items:
+        key = (solar_day(it), str(it["properties"].get("sat:orbit_state", "")))
+        passes.setdefault(key, []).append(it)
+    acquisitions = [(pd.Series([_item_time(it) for it in group]).mean(),
+                     [it["id"] for it in group]) for group in passes.values()]
+    pairs = _pair_s1(s2_times, acquisitions, tolerance)
+    used = sorted({k for k in pairs if k is not None})
+    sar_days: list[Any] = [None] * nt
+    if used:
+        needed = [it for k in used for it in passes[list(passes)[k]]]
+        lin = _stack(needed, list(S1_BANDS), grid, chunks, "float32", np.float32(np.nan),
+                     Resampling.bilinear)
+        # Linear gamma0 <= 0 (and the -32768 nodata, should a file lack its nodata tag) has
+        # no dB value: mask it before the log so nothing warns.
+        valid = lin > 0
+        db = (np.float32(10.0) * xr.apply_ufunc(np.log10, lin.where(valid, np.float32(1.0)),
+                                                 dask="allowed")).where(valid)
+        db = db.astype("float32").assign_coords(id=lin["id"])
+        mosaics = dict(zip(used, _mosaic(db, [acquisitions[k][1] for k in used], np.nan),
+                           strict=True))
+        sar_days = [mosaics[k] if k is not None else None for k in pairs]
+    sar = da.stack([a if a is not None else _full((len(S1_BANDS), ny, nx), (1, cy, cx),
+                                                   np.nan, "float32") for a in sar_days])
+
+    time = pd.DatetimeIndex(days).as_unit("ns")
+    s1_time = pd.DatetimeIndex([acquisitions[k][0] if k is not None else pd.NaT
+                                for k in pairs]).as_unit("ns")
+    ds = xr.Dataset(
+        {
+            "reflectance": (("time", "band", "y", "x"), da.stack(refl_days)),
+            "scl": (("time", "y", "x"), scl),
+            "cloud": (("time", "y", "x"), cloud),
+            "sar": (("time", "pol", "y", "x"), sar),
+        },
+        coords={
+            "time": time,
+            "band": list(S2_BANDS),
+            "pol": list(POLARIZATIONS),
+            "y": grid.y_coords,
+            "x": grid.x_coords,
+            "s2_time": ("time", pd.DatetimeIndex(s2_times).as_unit("ns")),
+            "s1_time": ("time", s1_time),
+            "s1_available": ("time", np.array([k is not None for k in pairs], dtype=bool)),
+            "s2_ids": ("time", np.array([",".join(ids) for ids in day_ids], dtype=str)),
+            "s1_ids": ("time", np.array([",".join(acquisitions[k][1]) if k is not None
+                                         else "" for k in pairs], dtype=str)),
+        },
+        attrs={
+            "grid": json.dumps(grid.to_dict()),
+            "s1_tolerance_days": float(s1_tolerance_days),
+            "reflectance_scale": f"(DN + offset) / {S2_SCALE:g}, offset {S2_OFFSET:g} from "
+                                 f"processing baseline {S2_OFFSET_BASELINE}",
+            "cloud_scl_codes": ",".join(str(c) for c in CLOUDY_SCL),
+        },
+    )
+    ds["reflectance"].attrs = {"units": "1", "long_name": "surface reflectance"}
+    ds["sar"].attrs = {"units": "dB", "long_name": "backscatter gamma0 (10*log10 linear)"}
+    ds["scl"].attrs = {"long_name": "Sentinel-2 scene classification", "nodata": 0}
+    ds["cloud"].attrs = {"long_name": "cloud mask (1 cloud/shadow/cirrus, 0 clear)"}
+    with warnings.catch_warnings():
+        # rioxarray 0.19 also uses affine's deprecated `*` operator.
+        warnings.simplefilter("ignore", PendingDeprecationWarning)
+        ds = ds.rio.write_crs(grid.epsg).rio.write_transform(grid.transform)
+    return ds
+
+
+__all__ = ["POLARIZATIONS", "SCL_ASSET", "build_cube", "s2_offset", "solar_day"]
