@@ -1,0 +1,209 @@
+"""Export a map for any GIS: a Cloud-Optimised GeoTIFF with a colour table, and a PNG quicklook.
+
+Examples
+--------
+>>> import numpy as np, rasterio, tempfile, xarray as xr
+>>> from geoflow.export import export_cog
+>>> m = xr.Dataset({"summary_class": (("y", "x"), np.array([[0, 1], [1, 255]], "uint8"))},
+...                coords={"y": [5000160.0, 4999840.0], "x": [500160.0, 500480.0]},
+...                attrs={"classes": ["Barren", "Water"], "class_colors": ["#aa9977", "#2255cc"],
+...                       "crs": "EPSG:32632"})
+>>> tif = export_cog(m, tempfile.mkdtemp() + "/map.tif")
+>>> with rasterio.open(tif) as src:
+...     src.crs.to_epsg(), src.res, src.colormap(1)[1], src.nodata
+(32632, (320.0, 320.0), (34, 85, 204, 255), 255.0)
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from geoflow.errors import StoreError
+from geoflow.plot import class_legend, pick_layer, plot
+
+NODATA = 255
+
+
+def _open(store_path_or_ds: str | os.PathLike[str] | xr.Dataset) -> xr.Dataset:
+    if isinstance(store_path_or_ds, xr.Dataset | xr.DataArray):
+        return store_path_or_ds  # type: ignore[return-value]
+    import rioxarray  # noqa: F401
+
+    from geoflow.store import strip_secrets
+
+    text = os.fspath(store_path_or_ds)
+    if "://" not in text and not (Path(text) / "zarr.json").is_file():
+        raise StoreError(f"{text} is not a Zarr map store (no zarr.json)",
+                         hint="pass the path given to `geoflow classify --out`")
+    try:
+        # Raw uint8 values: 255 stays the no-data code instead of becoming NaN.
+        return xr.open_zarr(text, decode_coords="all", consolidated=False, mask_and_scale=False)
+    except (OSError, KeyError, ValueError) as err:
+        raise StoreError(strip_secrets(f"cannot open the map store {text} ({err})"),
+                         hint="pass the path or URL given to `geoflow classify --out`") from None
+
+
+def _crs(ds: xr.Dataset | xr.DataArray) -> Any:
+    from rasterio.crs import CRS
+
+    crs = None
+    try:
+        crs = ds.rio.crs
+    except Exception:  # rioxarray raises several types for odd metadata
+        crs = None
+    if crs is None and ds.attrs.get("crs"):
+        crs = CRS.from_user_input(ds.attrs["crs"])
+    if crs is None:
+        raise StoreError("the map has no CRS (no spatial_ref grid mapping, no crs attribute)",
+                         hint="export a map written by geoflow, or write_crs() it with rioxarray")
+    return crs
+
+
+def _transform(da: xr.DataArray) -> Any:
+    from affine import Affine
+
+    x, y = np.asarray(da.x.values, float), np.asarray(da.y.values, float)
+    if x.size < 2 and y.size < 2:
+        raise StoreError("a one-pixel map has no resolution to georeference it by",
+                         hint="export a larger map")
+    res_x = abs(x[1] - x[0]) if x.size > 1 else abs(y[1] - y[0])
+    res_y = abs(y[1] - y[0]) if y.size > 1 else res_x
+    if y.size > 1 and y[1] > y[0]:
+        raise StoreError("the map's y coordinate increases (south-up)",
+                         hint="flip it with ds.isel(y=slice(None, None, -1)) first")
+    return Affine(res_x, 0.0, x[0] - res_x / 2, 0.0, -res_y, y[0] + res_y / 2)
+
+
+def _hex_rgba(color: str) -> tuple[int, int, int, int]:
+    from matplotlib.colors import to_rgba
+
+    r, g, b, a = to_rgba(color)
+    return (round(r * 255), round(g * 255), round(b * 255), round(a * 255))
+
+
+def export_cog(
+    store_path_or_ds: str | os.PathLike[str] | xr.Dataset,
+    out_tif: str | os.PathLike[str],
+    variable: str = "summary_class",
+    *,
+    time: int | str | None = None,
+) -> Path:
+    """Write one map layer as a COG: uint8, no data 255, colour table and class names.
+
+    Parameters
+    ----------
+    store_path_or_ds
+        A map store path, or a map dataset (from ``classify_region``).
+    out_tif
+        The GeoTIFF to write (replaced if it exists).
+    variable
+        Layer to export: ``summary_class`` (default), ``class`` (with ``time``),
+        ``confidence``, ``sar_weight``, ``cloud_fraction``, ...
+    time
+        Date index or date for per-date layers (default the first).
+
+    Returns
+    -------
+    pathlib.Path
+        ``out_tif``.
+
+    Raises
+    ------
+    StoreError
+        The store or layer does not exist, or the map is not georeferenced.
+
+    Examples
+    --------
+    See the module docstring.
+    """
+    import rasterio
+    import rasterio.shutil
+    from rasterio.io import MemoryFile
+
+    ds = _open(store_path_or_ds)
+    da = pick_layer(ds, variable, time)
+    values = np.asarray(da.values)
+    if values.dtype != np.uint8:  # decoded maps: NaN is no data
+        values = np.where(np.isfinite(values), values, NODATA).astype(np.uint8)
+    is_class = str(da.name).endswith("class")
+    out = Path(out_tif)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    profile = {"driver": "GTiff", "width": values.shape[1], "height": values.shape[0],
+               "count": 1, "dtype": "uint8", "crs": _crs(ds), "transform": _transform(da),
+               "nodata": NODATA if is_class else None}
+    tags: dict[str, str] = {"GEOFLOW_VARIABLE": str(da.name)}
+    for key in ("model_version", "model_checksum", "geoflow_version", "created"):
+        if key in ds.attrs:
+            tags[f"GEOFLOW_{key.upper()}"] = str(ds.attrs[key])
+    if "time" in da.coords and da["time"].ndim == 0:
+        tags["GEOFLOW_DATE"] = str(da["time"].values)[:10]
+    with MemoryFile() as mem:
+        with mem.open(**profile) as dst:
+            dst.write(values, 1)
+            dst.set_band_description(1, str(da.name))
+            if is_class:
+                names, colors = class_legend(ds)
+                cmap = {i: (0, 0, 0, 0) for i in range(256)}
+                cmap.update({i: _hex_rgba(c) for i, c in enumerate(colors)})
+                dst.write_colormap(1, cmap)
+                tags["CLASS_NAMES"] = json.dumps(names)
+                dst.update_tags(1, **{f"CLASS_{i}": n for i, n in enumerate(names)})
+            else:
+                dst.update_tags(1, SCALE_NOTE="value / 255 = fraction")
+            dst.update_tags(**tags)
+        with mem.open() as src:
+            # Nearest overviews: averaging class codes would invent classes.
+            rasterio.shutil.copy(src, out, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256,
+                                 OVERVIEW_RESAMPLING="NEAREST")
+    return out
+
+
+def quicklook_png(
+    ds: str | os.PathLike[str] | xr.Dataset,
+    out_png: str | os.PathLike[str],
+    *,
+    variable: str | None = None,
+    time: int | str | None = None,
+    dpi: int = 100,
+) -> Path:
+    """Render a map layer (default: the period summary) with its legend to a PNG.
+
+    Uses matplotlib's Agg canvas directly, so it works without a display and leaves
+    pyplot's state alone.
+
+    Examples
+    --------
+    >>> import numpy as np, tempfile, xarray as xr
+    >>> m = xr.Dataset({"class": (("time", "y", "x"), np.zeros((1, 4, 6), "uint8"))},
+    ...                coords={"y": np.arange(4.0)[::-1], "x": np.arange(6.0)})
+    >>> quicklook_png(m, tempfile.mkdtemp() + "/map.png").stat().st_size > 1000
+    True
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    ds = _open(ds)
+    layer = pick_layer(ds, variable, time)
+    h, w = layer.shape
+    width_in = 8.0
+    height_in = min(max(width_in * 0.75 * h / max(w, 1), 3.0), 12.0)
+    fig = Figure(figsize=(width_in, height_in), dpi=dpi)
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot()
+    plot(ds, time=time, ax=ax, variable=str(layer.name))
+    out = Path(out_png)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, bbox_inches="tight")
+    return out
+
+
+#: Short alias of :func:`quicklook_png`.
+quicklook = quicklook_png
+
+__all__ = ["export_cog", "quicklook", "quicklook_png"]

@@ -1,0 +1,825 @@
+"""The map store: a georeferenced Zarr v3 map, written chunk by chunk, with a resume ledger.
+
+Layout of a store at ``PATH`` (a directory)::
+
+    PATH/zarr.json                  root group; attributes: classes, colours, model, request,
+                                    STAC items per date, geoflow version, creation time
+    PATH/{time,y,x,spatial_ref}/    coordinates; ``spatial_ref`` is the CF grid mapping
+    PATH/class/ ...                 (time, y, x) uint8, 255 = no data (_FillValue)
+    PATH/confidence/ ...            (time, y, x) uint8 0-255 (255 * max class probability)
+    PATH/sar_weight/ ...            (time, y, x) uint8 0-255 (255 * the IRM weight of SAR)
+    PATH/cloud_fraction/ ...        (time, y, x) uint8 0-255 (255 * cloudy share of the patch)
+    PATH/summary_class/ ...         (y, x) uint8, 255 = no data: the period's summary
+    PATH/summary_confidence/ ...    (y, x) uint8 0-255
+    PATH/_geoflow_ledger/           a Zarr group (so Zarr and xarray ignore it quietly) holding
+        store.json                  what the store was made for (grid, dates, request, model)
+        done/<chunk id>.json        one file per chunk whose write completed
+        failed/<chunk id>.json      one file per chunk that failed, with the reason
+
+Writing: :meth:`MapStore.open_or_create` writes the template (metadata and coordinates only,
+``compute=False``), then each worker calls :meth:`MapStore.write_chunk` with its chunk's map:
+a region write of whole Zarr chunks, an fsync of the chunk files, then the ledger entry by
+atomic rename. A chunk is therefore marked done only after its bytes are on disk, and a
+rerun skips what :meth:`MapStore.done` lists. Chunk data depend only on the inputs, so a
+resumed run yields the same bytes as an uninterrupted one (:meth:`MapStore.digest`).
+
+Model versions: a store belongs to one grid, one request (bbox, dates, dates found) and one
+model version. Opening it for anything else raises :class:`~geoflow.errors.StoreMismatchError`
+and leaves it untouched; the map of a new model version goes to a new path (the hint names
+one: ``PATH-<version>.zarr``), so the old map stays readable next to it.
+
+``PATH`` may also be an fsspec URL (``s3://``, ``gs://``, ``memory://``, ...; with
+``storage_options``): ledger entries are then single object PUTs, all-or-nothing.
+
+Reading: ``xr.open_zarr(PATH, decode_coords="all", consolidated=False)`` (or
+:meth:`MapStore.dataset`) gives the CRS and transform through rioxarray. Decoding turns
+``class`` into float with NaN for 255; pass ``mask_and_scale=False`` for the raw uint8.
+GDAL reads the store from 3.11 on (3.10 does not know the Zarr v3 ``bytes`` codec);
+:func:`geoflow.export.export_cog` writes a COG for any GIS.
+
+Examples
+--------
+>>> import numpy as np, pandas as pd, tempfile
+>>> from geoflow.grid import GridSpec
+>>> from geoflow.tiles import plan_chunks
+>>> plan = plan_chunks(GridSpec(32632, 10.0, 500000.0, 5000000.0, 64, 64), 32, 32, 1)
+>>> out = tempfile.mkdtemp() + "/map.zarr"
+>>> store = MapStore.open_or_create(
+...     out, map_grid=plan.map_grid, times=pd.to_datetime(["2024-06-01"]),
+...     chunk_shape=plan.chunk_shape,
+...     attrs={"request": {"bbox": [11.0, 45.0, 11.1, 45.1]}, "model_version": "demo-1"})
+>>> chunk = plan.chunks[0]
+>>> maps = xr.Dataset({"class": (("time", "y", "x"), np.full((1, 1, 1), 3, "uint8"))})
+>>> store.write_chunk(chunk, maps)
+>>> sorted(store.done())
+['r0_c0']
+>>> store.dataset(mask_and_scale=False)["class"].values[0]
+array([[  3, 255],
+       [255, 255]], dtype=uint8)
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import hashlib
+import json
+import os
+import re
+import shutil
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import numpy as np
+import pandas as pd
+import xarray as xr
+
+from geoflow.errors import StoreError, StoreMismatchError
+from geoflow.grid import GridSpec
+from geoflow.tiles import Chunk
+
+FORMAT = "geoflow-map"
+FORMAT_VERSION = 1
+LEDGER = "_geoflow_ledger"
+
+#: Per-date variables (time, y, x) and their fill values (None: 0, not masked).
+TIME_VARIABLES: dict[str, int | None] = {
+    "class": 255, "confidence": None, "sar_weight": None, "cloud_fraction": None}
+#: Period summaries (y, x).
+SUMMARY_VARIABLES: dict[str, int | None] = {"summary_class": 255, "summary_confidence": None}
+DEFAULT_VARIABLES: tuple[str, ...] = (*TIME_VARIABLES, *SUMMARY_VARIABLES)
+
+_DESCRIPTIONS = {
+    "class": "scene class index per date (255: no data)",
+    "confidence": "probability of the class, 0-255 = 0-1",
+    "sar_weight": "weight of SAR in the fused answer (IRM), 0-255 = 0-1",
+    "cloud_fraction": "cloudy share of the patch from SCL, 0-255 = 0-1 (255 also: no optical)",
+    "summary_class": "scene class over the period, confidence-weighted vote (255: no data)",
+    "summary_confidence": "confidence of the summary class, 0-255 = 0-1",
+}
+# Attributes that change from run to run; left out of digest() so two runs compare equal.
+VOLATILE_ATTRS = ("created", "run")
+_SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|access[_-]?key|signature|"
+                         r"credential|authori[sz]ation|^sas$|^sig$|^se$|^sv$)", re.I)
+_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
+_CHUNK_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
+
+
+# ---------------------------------------------------------------------------- sanitising
+def _strip_url(url: str) -> str:
+    """Drop user info, query string and fragment: where signed URLs keep their tokens."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return url.split("?", 1)[0]
+    netloc = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
+
+
+def strip_secrets(text: str) -> str:
+    """Remove tokens from every URL in ``text`` (query strings, user info).
+
+    Examples
+    --------
+    >>> strip_secrets("GET https://x.blob.core.windows.net/a/b.tif?st=1&sig=abc failed")
+    'GET https://x.blob.core.windows.net/a/b.tif failed'
+    """
+    return _URL.sub(lambda m: _strip_url(m.group(0)), text)
+
+
+def _jsonable(obj: Any) -> Any:
+    """JSON-ready copy of attribute values, without secrets."""
+    if isinstance(obj, Mapping):
+        return {str(k): _jsonable(v) for k, v in obj.items() if not _SECRET_KEY.search(str(k))}
+    if isinstance(obj, str):
+        return strip_secrets(obj)
+    if isinstance(obj, bool | int | float) or obj is None:
+        return obj
+    if isinstance(obj, np.generic):
+        return _jsonable(obj.item())
+    if isinstance(obj, np.ndarray):
+        return _jsonable(obj.tolist())
+    if isinstance(obj, pd.Timestamp | _dt.datetime | _dt.date | np.datetime64):
+        return pd.Timestamp(obj).isoformat()
+    if isinstance(obj, GridSpec):
+        return obj.to_dict()
+    if isinstance(obj, os.PathLike):
+        return os.fspath(obj)
+    if isinstance(obj, Iterable):
+        return [_jsonable(v) for v in obj]
+    return strip_secrets(str(obj))
+
+
+def _canonical(obj: Any) -> Any:
+    return json.loads(json.dumps(_jsonable(obj), sort_keys=True))
+
+
+# ---------------------------------------------------------------------------- files
+def _fsync(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass  # some filesystems refuse fsync on directories; the rename is still atomic
+    finally:
+        os.close(fd)
+
+
+def _atomic_write_json(path: Path, obj: Any) -> None:
+    """Write JSON so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, sort_keys=True, indent=1)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    _fsync(path.parent)
+
+
+def _read_json(path: Path) -> Any:
+    with open(path) as f:
+        return json.load(f)
+
+
+class _Files:
+    """File access inside a store: a local directory, or any fsspec URL (s3://, gs://, ...).
+
+    Local ledger entries are written to a temporary name, fsynced and renamed into place;
+    on object stores a single PUT is already all-or-nothing.
+    """
+
+    def __init__(self, location: str | os.PathLike[str],
+                 storage_options: Mapping[str, Any] | None = None) -> None:
+        text = os.fspath(location)
+        if text.startswith("file://"):
+            text = text[len("file://"):]
+        self.storage_options = dict(storage_options) if storage_options else None
+        self.remote = "://" in text
+        if self.remote:
+            import fsspec
+
+            try:
+                self.fs, self.root = fsspec.core.url_to_fs(text, **(self.storage_options or {}))
+            except (ImportError, ValueError) as err:
+                raise StoreError(strip_secrets(f"cannot open the map store {text!r} ({err})"),
+                                 hint="install the fsspec package for this URL scheme (s3fs, "
+                                      "gcsfs, adlfs) or write to a local path") from None
+            self.url = text
+        else:
+            self.fs = None
+            self.root = str(Path(text).expanduser().absolute())
+            self.url = self.root
+
+    @property
+    def display(self) -> str:
+        return strip_secrets(self.url)
+
+    def _p(self, rel: str) -> str:
+        return f"{self.root.rstrip('/')}/{rel}" if rel else self.root
+
+    def is_file(self, rel: str) -> bool:
+        return self.fs.isfile(self._p(rel)) if self.remote else Path(self._p(rel)).is_file()
+
+    def read_json(self, rel: str) -> Any:
+        if self.remote:
+            return json.loads(self.fs.cat_file(self._p(rel)))
+        return _read_json(Path(self._p(rel)))
+
+    def read_bytes(self, rel: str) -> bytes:
+        return self.fs.cat_file(self._p(rel)) if self.remote else Path(self._p(rel)).read_bytes()
+
+    def write_json(self, rel: str, obj: Any) -> None:
+        if self.remote:
+            self.fs.pipe_file(self._p(rel), json.dumps(obj, sort_keys=True, indent=1).encode())
+        else:
+            _atomic_write_json(Path(self._p(rel)), obj)
+
+    def listdir(self, rel: str) -> list[str]:
+        if not self.remote:
+            d = Path(self._p(rel))
+            return sorted(f.name for f in d.iterdir()) if d.is_dir() else []
+        try:
+            return sorted(str(e).rstrip("/").rsplit("/", 1)[-1]
+                          for e in self.fs.ls(self._p(rel), detail=False))
+        except FileNotFoundError:
+            return []
+
+    def delete(self, rel: str) -> None:
+        if self.remote:
+            if self.fs.exists(self._p(rel)):
+                self.fs.rm(self._p(rel))
+        else:
+            Path(self._p(rel)).unlink(missing_ok=True)
+
+    def is_empty(self) -> bool:
+        if self.remote:
+            return not self.fs.exists(self.root) or not self.fs.ls(self.root, detail=False)
+        root = Path(self.root)
+        return not root.exists() or (root.is_dir() and not any(root.iterdir()))
+
+    def rmtree(self) -> None:
+        if self.remote:
+            self.fs.rm(self.root, recursive=True)
+        else:
+            shutil.rmtree(self.root)
+
+    def files(self) -> list[str]:
+        """Relative paths of every file, sorted."""
+        if self.remote:
+            base = self.root.rstrip("/") + "/"
+            return sorted(f[len(base):] for f in self.fs.find(self.root) if f.startswith(base))
+        root = Path(self.root)
+        return sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.is_file())
+
+    def fsync(self, rel: str) -> bool:
+        """fsync a local file if it exists (object stores need none); True if it exists."""
+        if self.remote:
+            return True
+        f = Path(self._p(rel))
+        if not f.exists():
+            return False
+        _fsync(f)
+        return True
+
+    def zarr_kwargs(self) -> dict[str, Any]:
+        return {"storage_options": self.storage_options} if self.remote and \
+            self.storage_options else {}
+
+
+def _times_index(times: Any) -> pd.DatetimeIndex:
+    if not isinstance(times, pd.Index | np.ndarray | pd.Series):
+        times = list(times)
+    if len(times) and all(isinstance(t, str) for t in times):
+        idx = pd.DatetimeIndex(pd.to_datetime(times, format="ISO8601"))
+    else:
+        idx = pd.DatetimeIndex(pd.to_datetime(times))
+    if idx.tz is not None:
+        idx = idx.tz_convert("UTC").tz_localize(None)
+    return idx.as_unit("ns")
+
+
+def _chunk_shape(chunk_shape: int | Sequence[int]) -> tuple[int, int]:
+    shape = (chunk_shape, chunk_shape) if isinstance(chunk_shape, int) else tuple(chunk_shape)
+    if len(shape) == 3:  # (time, y, x): time chunks are always one date
+        shape = shape[1:]
+    if len(shape) != 2 or not all(isinstance(v, int | np.integer) and v > 0 for v in shape):
+        raise StoreError(f"chunk_shape must be (rows, cols) of positive ints, got {chunk_shape!r}",
+                         hint="pass plan.chunk_shape from geoflow.tiles.plan_chunks")
+    return (int(shape[0]), int(shape[1]))
+
+
+def _versioned_path(path: str, version: str) -> str:
+    """``.../map.zarr`` -> ``.../map-<version>.zarr`` (a sibling for a new model's map)."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]+", "-", str(version)).strip("-") or "new"
+    head, sep, name = path.rstrip("/").rpartition("/")
+    stem, dot, ext = name.rpartition(".")
+    new = f"{stem}-{safe}.{ext}" if dot and stem else f"{name}-{safe}"
+    return f"{head}{sep}{new}"
+
+
+# ---------------------------------------------------------------------------- the store
+class MapStore:
+    """A Zarr v3 map store with its resume ledger (see the module docs for the layout).
+
+    Make one with :meth:`open_or_create` (a run) or :meth:`open` (an existing store). The
+    object holds only the path and small metadata, so it pickles cheaply into Dask tasks;
+    workers may also call :meth:`open` themselves.
+
+    Attributes
+    ----------
+    path
+        The store directory (a :class:`~pathlib.Path`; the URL for object stores).
+    map_grid
+        Grid of the map (``plan.map_grid``).
+    times
+        The map's dates (the ``time`` coordinate).
+    chunk_shape
+        Spatial Zarr chunk shape ``(rows, cols)``; time chunks hold one date.
+    variables
+        Data variables of the store.
+    """
+
+    def __init__(self, files: _Files, meta: Mapping[str, Any]) -> None:
+        self._files = files
+        #: Local stores: a Path; object stores: the URL.
+        self.path: Path | str = files.url if files.remote else Path(files.root)
+        self._meta = dict(meta)
+        self.map_grid = GridSpec.from_dict(meta["grid"])
+        self.times = _times_index(meta["times"])
+        self.chunk_shape: tuple[int, int] = (int(meta["chunk_shape"][0]),
+                                             int(meta["chunk_shape"][1]))
+        self.variables: tuple[str, ...] = tuple(meta["variables"])
+
+    def __repr__(self) -> str:
+        return (f"MapStore({self._files.display!r}, grid={self.map_grid.shape} px at "
+                f"{self.map_grid.resolution:g} m, dates={len(self.times)}, "
+                f"model={self._meta.get('model_version')!r}, done={len(self.done())})")
+
+    @property
+    def model_version(self) -> str:
+        """Version of the model that made this map."""
+        return str(self._meta.get("model_version"))
+
+    @property
+    def url(self) -> str:
+        """Where the store is, as a string for ``xr.open_zarr`` (path or URL)."""
+        return self._files.url
+
+    # ------------------------------------------------------------------ opening
+    @classmethod
+    def open(cls, path: str | os.PathLike[str],
+             storage_options: Mapping[str, Any] | None = None) -> MapStore:
+        """Open an existing map store (to read it, or to write more chunks from a worker).
+
+        Raises
+        ------
+        StoreError
+            If ``path`` is not a complete geoflow map store.
+
+        Examples
+        --------
+        See the module docstring.
+        """
+        files = path._files if isinstance(path, MapStore) else _Files(path, storage_options)
+        p = files.display
+        if not files.is_file(f"{LEDGER}/store.json"):
+            raise StoreError(f"{p} is not a geoflow map store (no {LEDGER}/store.json)",
+                             hint="pass the path given as out= to classify_region / "
+                                  "`geoflow classify --out`")
+        try:
+            meta = files.read_json(f"{LEDGER}/store.json")
+        except (OSError, json.JSONDecodeError) as err:
+            raise StoreError(f"the ledger of {p} is unreadable ({err})",
+                             hint="rerun with --overwrite to rebuild the map") from None
+        if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
+            raise StoreError(f"{p} is a map store of an unknown format "
+                             f"({meta.get('format')!r} v{meta.get('format_version')})",
+                             hint="upgrade geoflow, or write to a new path")
+        return cls(files, meta)
+
+    @classmethod
+    def open_or_create(
+        cls,
+        path: str | os.PathLike[str],
+        *,
+        map_grid: GridSpec,
+        times: Sequence[Any] | pd.DatetimeIndex | np.ndarray,
+        chunk_shape: int | Sequence[int],
+        attrs: Mapping[str, Any],
+        variables: Sequence[str] = DEFAULT_VARIABLES,
+        overwrite: bool = False,
+        storage_options: Mapping[str, Any] | None = None,
+    ) -> MapStore:
+        """Create the store's template, or reopen a store made for the same job to resume it.
+
+        Parameters
+        ----------
+        path
+            Store directory, local (``file://`` accepted) or an fsspec URL (``s3://...``).
+        map_grid
+            The map grid (``plan.map_grid``).
+        times
+            The map's dates, one per Sentinel-2 solar day.
+        chunk_shape
+            Spatial chunk shape ``(rows, cols)`` in map pixels (``plan.chunk_shape``).
+        attrs
+            Provenance for the root attributes. Required: ``request`` (JSON-able dict: bbox,
+            dates, grid, options) and ``model_version``. Compared on reopen: ``request``,
+            ``model_version``, ``model_checksum``. Recommended: ``model_checksum``,
+            ``classes``, ``class_colors`` (``"#rrggbb"``), ``stac_items`` (per date: ids of
+            the S2 and S1 items). Anything else is stored as given. URLs lose their query
+            strings and keys that look like secrets are dropped.
+        variables
+            Data variables to create (default: the four per-date variables and the two
+            summaries).
+        overwrite
+            Replace an existing geoflow map store at ``path`` (never anything else).
+        storage_options
+            fsspec options for URLs (credentials stay in memory, never in the store).
+
+        Returns
+        -------
+        MapStore
+
+        Raises
+        ------
+        StoreMismatchError
+            The store at ``path`` was made for another grid, dates, chunking, request or model
+            version. It is left untouched; the message says what differs and how to proceed.
+        StoreError
+            ``path`` holds something that is not a geoflow map store, or arguments are bad.
+
+        Examples
+        --------
+        See the module docstring.
+        """
+        files = _Files(path, storage_options)
+        if "request" not in attrs or "model_version" not in attrs:
+            raise StoreError("map store attrs need 'request' and 'model_version'",
+                             hint="pass attrs={'request': {...}, 'model_version': model.version, "
+                                  "...}")
+        unknown = [v for v in variables if v not in TIME_VARIABLES and v not in SUMMARY_VARIABLES]
+        if unknown or not variables:
+            raise StoreError(f"unknown map variables {unknown or '(none given)'}",
+                             hint=f"choose from {', '.join(DEFAULT_VARIABLES)}")
+        times_idx = _times_index(times)
+        if len(times_idx) == 0:
+            raise StoreError("a map store needs at least one date",
+                             hint="search a longer date range or a larger area")
+        if not times_idx.is_unique:
+            raise StoreError("the map's dates repeat", hint="pass one time per solar day")
+        meta = {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "grid": map_grid.to_dict(),
+            "times": [t.isoformat() for t in times_idx],
+            "chunk_shape": list(_chunk_shape(chunk_shape)),
+            "variables": list(variables),
+            "request": _canonical(attrs["request"]),
+            "model_version": str(attrs["model_version"]),
+            "model_checksum": _canonical(attrs.get("model_checksum")),
+        }
+        has_marker = files.is_file(f"{LEDGER}/store.json")
+        if has_marker and not overwrite:
+            existing = cls.open(files.url, storage_options)
+            _check_same(files, existing._meta, meta)
+            return existing
+        if not files.is_empty():
+            if not (has_marker or _is_incomplete_template(files)):
+                raise StoreError(f"{files.display} exists and is not a geoflow map store",
+                                 hint="choose a new path for the map; geoflow never deletes "
+                                      "data it did not write")
+            # Our own store to overwrite, or a template whose creation was interrupted
+            # before any chunk could be written: safe to replace.
+            files.rmtree()
+        store = cls(files, meta)
+        store._write_template(dict(attrs))
+        return store
+
+    def _write_template(self, attrs: dict[str, Any]) -> None:
+        import dask.array as da
+        import rioxarray  # noqa: F401  (registers .rio)
+
+        grid, (cy, cx) = self.map_grid, self.chunk_shape
+        n_t = len(self.times)
+        classes = list(attrs.get("classes") or [])
+        colors = list(attrs.get("class_colors") or [])
+        data_vars = {}
+        encoding: dict[str, dict[str, Any]] = {}
+        for name in self.variables:
+            fill = TIME_VARIABLES.get(name, SUMMARY_VARIABLES.get(name))
+            dims: tuple[str, ...]
+            shape: tuple[int, ...]
+            chunks: tuple[int, ...]
+            if name in TIME_VARIABLES:
+                dims, shape, chunks = ("time", "y", "x"), (n_t, *grid.shape), (1, cy, cx)
+            else:
+                dims, shape, chunks = ("y", "x"), grid.shape, (cy, cx)
+            # Lazy: compute=False writes metadata only, never these values.
+            data = da.full(shape, 0 if fill is None else fill, dtype="uint8", chunks=chunks)
+            var_attrs: dict[str, Any] = {"long_name": _DESCRIPTIONS[name]}
+            if name.endswith("class") and classes:
+                var_attrs["flag_values"] = list(range(len(classes)))
+                var_attrs["flag_meanings"] = " ".join(c.replace(" ", "_") for c in classes)
+                if colors:
+                    var_attrs["flag_colors"] = " ".join(colors)
+            else:
+                var_attrs.update(valid_range=[0, 255], scale_note="value / 255 = fraction")
+            data_vars[name] = xr.Variable(dims, data, var_attrs)
+            enc: dict[str, Any] = {"chunks": chunks, "dtype": "uint8",
+                                   "fill_value": 0 if fill is None else fill,
+                                   "grid_mapping": "spatial_ref"}
+            if fill is not None:
+                enc["_FillValue"] = fill
+            encoding[name] = enc
+        ds = xr.Dataset(data_vars, coords={
+            "time": ("time", self.times.values),
+            "y": ("y", grid.y_coords, {"units": "m", "standard_name": "projection_y_coordinate"}),
+            "x": ("x", grid.x_coords, {"units": "m", "standard_name": "projection_x_coordinate"}),
+        })
+        ds = ds.rio.write_crs(grid.epsg).rio.write_transform(grid.transform)
+        # Fixed units (not xarray's data-dependent choice) keep the bytes the same run to run;
+        # seconds unless a date carries sub-second precision, which must survive exactly.
+        whole_s = bool((self.times.asi8 % 1_000_000_000 == 0).all())
+        encoding["time"] = {"units": f"{'seconds' if whole_s else 'nanoseconds'} since 1970-01-01",
+                            "calendar": "proleptic_gregorian", "dtype": "int64"}
+        root = _jsonable(attrs)
+        root.update(
+            geoflow_format=FORMAT, geoflow_format_version=FORMAT_VERSION,
+            geoflow_version=_geoflow_version(), map_grid=self.map_grid.to_dict(),
+            crs=f"EPSG:{grid.epsg}", Conventions="CF-1.8",
+            created=_dt.datetime.now(_dt.UTC).replace(microsecond=0).isoformat(),
+        )
+        ds.attrs = root
+        if not self._files.remote:
+            Path(self._files.root).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            ds.to_zarr(self.url, mode="w", compute=False, encoding=encoding, zarr_format=3,
+                       consolidated=False, **self._files.zarr_kwargs())
+        except OSError as err:
+            raise StoreError(f"cannot write the map store at {self._files.display} ({err})",
+                             hint="check that the directory is writable and has free space") \
+                from None
+        # The ledger is a Zarr group so that Zarr and xarray list it without complaint.
+        self._files.write_json(f"{LEDGER}/zarr.json",
+                               {"zarr_format": 3, "node_type": "group",
+                                "attributes": {"description": "geoflow resume ledger"}})
+        # Written last: its presence means the template is complete.
+        self._files.write_json(f"{LEDGER}/store.json", self._meta)
+
+    # ------------------------------------------------------------------ reading
+    def dataset(self, *, mask_and_scale: bool = True, chunks: Any = "auto") -> xr.Dataset:
+        """The map, lazily, with CRS and transform (rioxarray) decoded.
+
+        Examples
+        --------
+        See the module docstring.
+        """
+        import rioxarray  # noqa: F401
+
+        return xr.open_zarr(self.url, decode_coords="all", consolidated=False,
+                            mask_and_scale=mask_and_scale, chunks=chunks,
+                            **self._files.zarr_kwargs())
+
+    @property
+    def attrs(self) -> dict[str, Any]:
+        """The store's root attributes (provenance)."""
+        return dict(self._files.read_json("zarr.json").get("attributes", {}))
+
+    # ------------------------------------------------------------------ writing
+    def _check_chunk(self, chunk: Chunk) -> tuple[slice, slice]:
+        if not _CHUNK_ID.match(str(chunk.id)):
+            raise StoreError(f"chunk id {chunk.id!r} is not a safe file name",
+                             hint="use the ids from geoflow.tiles.plan_chunks")
+        ys, xs = chunk.out_slices
+        (h, w), (cy, cx) = self.map_grid.shape, self.chunk_shape
+        for sl, size, step, axis in ((ys, h, cy, "y"), (xs, w, cx, "x")):
+            if not (0 <= sl.start < sl.stop <= size) or sl.start % step or (
+                    sl.stop != min(sl.start + step, size)):
+                raise StoreError(
+                    f"chunk {chunk.id} covers {axis} {sl.start}:{sl.stop}, which is not one "
+                    f"whole Zarr chunk of this store (chunks of {step} in {size} px)",
+                    hint="plan the chunks with the store's chunk_shape and map grid")
+        return ys, xs
+
+    def write_chunk(self, chunk: Chunk, ds: xr.Dataset) -> None:
+        """Write one chunk's map into its region, then mark it done in the ledger.
+
+        Parameters
+        ----------
+        chunk
+            The chunk (from the same plan as the store: its ``out_slices`` are one Zarr chunk).
+        ds
+            The chunk's map: any of the store's variables, uint8, dims ``(time, y, x)`` or
+            ``(y, x)`` sized to the chunk, all dates of the store. Coordinates, if present,
+            must match the store's (they are checked, not written).
+
+        Raises
+        ------
+        StoreError
+            Wrong variables, dtypes, shapes, dates or place.
+
+        Examples
+        --------
+        See the module docstring.
+        """
+        ys, xs = self._check_chunk(chunk)
+        shape2 = (ys.stop - ys.start, xs.stop - xs.start)
+        unknown = [v for v in ds.data_vars if v not in self.variables]
+        if unknown or not ds.data_vars:
+            raise StoreError(f"chunk {chunk.id}: variables {unknown or '(none)'} are not in the "
+                             f"store ({', '.join(self.variables)})",
+                             hint="write only the store's variables")
+        self._check_coords(chunk.id, ds, ys, xs)
+        out: dict[str, xr.Variable] = {}
+        for name, var in ds.data_vars.items():
+            want_dims = ("time", "y", "x") if name in TIME_VARIABLES else ("y", "x")
+            want_shape = (len(self.times), *shape2) if name in TIME_VARIABLES else shape2
+            if var.dims != want_dims or var.shape != want_shape:
+                raise StoreError(f"chunk {chunk.id}: {name} has dims {var.dims} shape {var.shape}"
+                                 f", expected {want_dims} {want_shape}",
+                                 hint="classify the chunk's read window for every store date")
+            values = np.asarray(var.values)
+            if values.dtype != np.uint8:
+                if not (np.issubdtype(values.dtype, np.integer) and values.size and
+                        values.min() >= 0 and values.max() <= 255):
+                    raise StoreError(f"chunk {chunk.id}: {name} is {values.dtype}, not uint8",
+                                     hint="encode maps as uint8 (255 = no data for classes)")
+                values = values.astype(np.uint8)
+            out[str(name)] = xr.Variable(want_dims, values)
+        region = {"y": ys, "x": xs}
+        if any(n in TIME_VARIABLES for n in out):
+            region = {"time": slice(0, len(self.times)), **region}
+        try:
+            xr.Dataset(out).to_zarr(self.url, region=region, mode="r+", zarr_format=3,
+                                    consolidated=False, **self._files.zarr_kwargs())
+        except OSError as err:
+            raise StoreError(f"chunk {chunk.id}: writing to {self._files.display} failed "
+                             f"({err})",
+                             hint="check free space and permissions, then rerun to resume") \
+                from None
+        self._sync_chunk_files(out, ys, xs)
+        entry = {"chunk": chunk.id, "out_slices": [[ys.start, ys.stop], [xs.start, xs.stop]],
+                 "variables": sorted(out)}
+        self._files.write_json(f"{LEDGER}/done/{chunk.id}.json", entry)
+        self._files.delete(f"{LEDGER}/failed/{chunk.id}.json")
+
+    def _check_coords(self, chunk_id: str, ds: xr.Dataset, ys: slice, xs: slice) -> None:
+        if "time" in ds.coords:
+            got = _times_index(ds["time"].values)
+            if len(got) != len(self.times) or not (got == self.times).all():
+                raise StoreError(f"chunk {chunk_id}: dates {list(got.date)} differ from the "
+                                 f"store's {list(self.times.date)}",
+                                 hint="classify every date of the store, in order")
+        tol = 1e-6 * self.map_grid.resolution
+        for axis, sl, ref in (("y", ys, self.map_grid.y_coords), ("x", xs, self.map_grid.x_coords)):
+            if axis in ds.coords:
+                got = np.asarray(ds[axis].values, dtype="float64")
+                if got.shape != ref[sl].shape or np.abs(got - ref[sl]).max() > tol:
+                    raise StoreError(f"chunk {chunk_id}: its {axis} coordinates do not match the "
+                                     "store's map grid at the chunk's place",
+                                     hint="classify the chunk's read_grid from the same plan")
+
+    def _sync_chunk_files(self, out: Mapping[str, xr.Variable], ys: slice, xs: slice) -> None:
+        """fsync the chunk files just written, so the ledger never runs ahead of the data."""
+        cy, cx = ys.start // self.chunk_shape[0], xs.start // self.chunk_shape[1]
+        if self._files.remote:
+            return
+        dirs = set()
+        for name in out:
+            keys = ([f"{name}/c/{t}/{cy}/{cx}" for t in range(len(self.times))]
+                    if name in TIME_VARIABLES else [f"{name}/c/{cy}/{cx}"])
+            for key in keys:
+                # Chunks equal to the fill value are not stored at all.
+                if self._files.fsync(key):
+                    dirs.add(key.rsplit("/", 1)[0])
+        for d in sorted(dirs):
+            self._files.fsync(d)
+
+    # ------------------------------------------------------------------ ledger
+    def done(self) -> set[str]:
+        """Ids of the chunks whose write completed.
+
+        Examples
+        --------
+        See the module docstring.
+        """
+        return {n[:-5] for n in self._files.listdir(f"{LEDGER}/done")
+                if n.endswith(".json") and not n.startswith(".")}
+
+    def record_failure(self, chunk_id: str, reason: str) -> None:
+        """Record that a chunk failed, and why (URLs in ``reason`` lose their tokens).
+
+        Examples
+        --------
+        >>> import pandas as pd, tempfile
+        >>> from geoflow.grid import GridSpec
+        >>> s = MapStore.open_or_create(tempfile.mkdtemp(), map_grid=GridSpec(
+        ...     32632, 320.0, 0.0, 0.0, 2, 2), times=pd.to_datetime(["2024-06-01"]),
+        ...     chunk_shape=(1, 1), attrs={"request": {}, "model_version": "1"})
+        >>> s.record_failure("r0_c1", "HTTP 500 from https://h/a.tif?sig=SECRET")
+        >>> s.failures()
+        {'r0_c1': 'HTTP 500 from https://h/a.tif'}
+        """
+        if not _CHUNK_ID.match(str(chunk_id)):
+            raise StoreError(f"chunk id {chunk_id!r} is not a safe file name",
+                             hint="use the ids from geoflow.tiles.plan_chunks")
+        self._files.write_json(f"{LEDGER}/failed/{chunk_id}.json",
+                               {"chunk": chunk_id, "reason": strip_secrets(str(reason))})
+
+    def failures(self) -> dict[str, str]:
+        """Chunks that failed and are not done since, with their reasons."""
+        done = self.done()
+        out = {}
+        for name in self._files.listdir(f"{LEDGER}/failed"):
+            if name.endswith(".json") and not name.startswith("."):
+                cid = name[:-5]
+                if cid not in done:
+                    try:
+                        out[cid] = str(self._files.read_json(f"{LEDGER}/failed/{name}")
+                                       .get("reason", ""))
+                    except (OSError, json.JSONDecodeError):
+                        out[cid] = "(unreadable failure record)"
+        return out
+
+    def finalize(self, attrs: Mapping[str, Any] | None = None) -> None:
+        """Add run attributes (e.g. a summary) to the store's root attributes.
+
+        Existing keys given in ``attrs`` are replaced; ``created`` is kept. Put values that
+        differ between runs (timings) under ``"run"`` so :meth:`digest` ignores them.
+        """
+        import zarr
+
+        group = zarr.open_group(self.url, mode="r+", zarr_format=3,
+                                **self._files.zarr_kwargs())
+        new = {k: v for k, v in _jsonable(dict(attrs or {})).items() if k != "created"}
+        group.attrs.update(new)
+
+    def digest(self) -> str:
+        """sha256 of the map's bytes: every chunk and metadata file, without the ledger and
+        the run-dependent root attributes (:data:`VOLATILE_ATTRS`).
+
+        Two runs of the same job, interrupted or not, have the same digest.
+        """
+        h = hashlib.sha256()
+        for rel in self._files.files():
+            if rel.split("/", 1)[0] == LEDGER:
+                continue
+            h.update(rel.encode() + b"\0")
+            if rel == "zarr.json":
+                root = self._files.read_json(rel)
+                for k in VOLATILE_ATTRS:
+                    root.get("attributes", {}).pop(k, None)
+                h.update(json.dumps(root, sort_keys=True).encode())
+            else:
+                h.update(self._files.read_bytes(rel))
+        return h.hexdigest()
+
+
+def _is_incomplete_template(files: _Files) -> bool:
+    try:
+        attrs = files.read_json("zarr.json").get("attributes", {})
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return False
+    return attrs.get("geoflow_format") == FORMAT
+
+
+def _check_same(files: _Files, old: Mapping[str, Any], new: Mapping[str, Any]) -> None:
+    labels = {"grid": "map grid", "times": "dates", "chunk_shape": "chunk shape",
+              "variables": "variables", "request": "request", "model_version": "model version",
+              "model_checksum": "model checksum"}
+    diffs = [k for k in labels if _canonical(old.get(k)) != _canonical(new.get(k))]
+    if not diffs:
+        return
+    parts = []
+    for k in diffs:
+        a, b = json.dumps(_canonical(old.get(k))), json.dumps(_canonical(new.get(k)))
+        if len(a) + len(b) > 160:
+            a, b = a[:70] + "...", b[:70] + "..."
+        parts.append(f"{labels[k]}: store has {a}, this run has {b}")
+    if {"model_version", "model_checksum"} & set(diffs):
+        hint = (f"write this model's map to a new path, e.g. "
+                f"{_versioned_path(files.display, str(new.get('model_version')))} (the old "
+                "map stays "
+                "readable), or pass overwrite=True / --overwrite to replace it")
+    else:
+        hint = ("write to a new path, or pass overwrite=True / --overwrite to replace the "
+                "existing map")
+    raise StoreMismatchError(f"the map store {files.display} was made for another job ("
+                             + "; ".join(parts) + ")", hint=hint)
+
+
+def _geoflow_version() -> str:
+    from geoflow import __version__
+
+    return __version__
+
+
+__all__ = ["DEFAULT_VARIABLES", "SUMMARY_VARIABLES", "TIME_VARIABLES", "MapStore",
+           "strip_secrets"]

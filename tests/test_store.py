@@ -1,0 +1,280 @@
+"""MapStore: template + region writes, the ledger, resume, refusal, georeferencing."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import random
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+import rasterio
+import xarray as xr
+
+from geoflow.errors import StoreError, StoreMismatchError
+from geoflow.grid import GridSpec
+from geoflow.store import MapStore
+from geoflow.tiles import plan_chunks
+
+TIMES = pd.to_datetime(["2024-06-01", "2024-06-06"])
+REGION = GridSpec(32632, 10.0, 500000.0, 5000000.0, 32 * 5, 32 * 3)  # map 3 x 5 at 320 m
+CLASSES = ["Barren", "Dense Forest", "Water"]
+COLORS = ["#aa9977", "#116622", "#2255cc"]
+
+
+def _attrs(**over):
+    attrs = {"request": {"bbox": [11.0, 45.0, 11.02, 45.01], "dates": "2024-06-01/2024-06-30"},
+             "model_version": "demo-1", "model_checksum": "sha256:abc",
+             "classes": CLASSES, "class_colors": COLORS,
+             "stac_items": [{"time": "2024-06-01", "s2": ["S2A_1"], "s1": []},
+                            {"time": "2024-06-06", "s2": ["S2B_2"], "s1": ["S1A_9"]}],
+             "catalog": "https://planetarycomputer.example/api/stac/v1?token=SECRET",
+             "signer_token": "SECRET"}
+    attrs.update(over)
+    return attrs
+
+
+def _plan(chunk=2):
+    return plan_chunks(REGION, 32, 32, chunk)
+
+
+def _full_maps(plan) -> xr.Dataset:
+    rng = np.random.default_rng(1)
+    h, w = plan.map_grid.shape
+    cls = rng.integers(0, 3, (2, h, w)).astype("uint8")
+    cls[0, 0, 0] = 255
+    return xr.Dataset({
+        "class": (("time", "y", "x"), cls),
+        "confidence": (("time", "y", "x"), rng.integers(0, 256, (2, h, w)).astype("uint8")),
+        "sar_weight": (("time", "y", "x"), rng.integers(0, 256, (2, h, w)).astype("uint8")),
+        "cloud_fraction": (("time", "y", "x"), rng.integers(0, 256, (2, h, w)).astype("uint8")),
+        "summary_class": (("y", "x"), cls[1]),
+        "summary_confidence": (("y", "x"), rng.integers(0, 256, (h, w)).astype("uint8")),
+    }, coords={"time": TIMES.values, "y": plan.map_grid.y_coords, "x": plan.map_grid.x_coords})
+
+
+def _create(path, plan, **attrs_over):
+    return MapStore.open_or_create(path, map_grid=plan.map_grid, times=TIMES,
+                                   chunk_shape=plan.chunk_shape, attrs=_attrs(**attrs_over))
+
+
+def _write(store, plan, maps, chunks=None):
+    for chunk in chunks if chunks is not None else plan.chunks:
+        store.write_chunk(chunk, maps.isel(y=chunk.out_slices[0], x=chunk.out_slices[1]))
+
+
+def _tree_state(path: Path) -> dict[str, tuple[str, int]]:
+    return {str(f.relative_to(path)): (hashlib.sha256(f.read_bytes()).hexdigest(),
+                                       f.stat().st_mtime_ns)
+            for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def test_template_then_chunk_writes_equal_one_full_write(tmp_path):
+    plan = _plan()
+    maps = _full_maps(plan)
+    a = _create(tmp_path / "a.zarr", plan)
+    _write(a, plan, maps)
+    # Another store, chunks in another order, through a reopened handle as a worker would.
+    b = _create(tmp_path / "b.zarr", plan)
+    order = list(plan.chunks)
+    random.Random(0).shuffle(order)
+    _write(MapStore.open(b.path), plan, maps, order)
+    assert a.digest() == b.digest()
+
+    raw = a.dataset(mask_and_scale=False).load()
+    for name in maps.data_vars:
+        np.testing.assert_array_equal(raw[name].values, maps[name].values)
+    # A plain full write by xarray with the same encoding stores the same chunk bytes.
+    enc = {v: {"chunks": (1, 2, 2) if maps[v].ndim == 3 else (2, 2)} for v in maps.data_vars}
+    maps.drop_vars(["time", "y", "x"]).to_zarr(tmp_path / "full.zarr", encoding=enc,
+                                                zarr_format=3, consolidated=False)
+    files = sorted((tmp_path / "full.zarr" / "confidence").rglob("c/*/*/*"))
+    assert len(files) == 2 * 2 * 3  # dates x chunk rows x chunk columns
+    for f in files:
+        ours = a.path / f.relative_to(tmp_path / "full.zarr")
+        assert ours.read_bytes() == f.read_bytes()
+
+
+# rioxarray 0.19 multiplies Affine objects with `*`, which affine 2.4 deprecates.
+@pytest.mark.filterwarnings("ignore::PendingDeprecationWarning")
+def test_store_is_georeferenced_for_rioxarray_and_carries_provenance(tmp_path):
+    plan = _plan()
+    store = _create(tmp_path / "m.zarr", plan)
+    ds = xr.open_zarr(store.path, decode_coords="all", consolidated=False)
+    assert ds.rio.crs.to_epsg() == 32632
+    assert tuple(ds.rio.transform())[:6] == tuple(plan.map_grid.transform)[:6]
+    assert ds["class"].encoding["grid_mapping"] == "spatial_ref"
+    # unwritten chunks are no data, not class 0
+    assert np.isnan(ds["class"].values).all()
+    assert int(store.dataset(mask_and_scale=False)["class"].max()) == 255
+    attrs = ds.attrs
+    assert attrs["classes"] == CLASSES and attrs["class_colors"] == COLORS
+    assert attrs["model_version"] == "demo-1" and attrs["model_checksum"] == "sha256:abc"
+    assert attrs["stac_items"][1]["s1"] == ["S1A_9"]
+    assert attrs["geoflow_version"] and attrs["created"] and attrs["crs"] == "EPSG:32632"
+    assert attrs["catalog"] == "https://planetarycomputer.example/api/stac/v1"
+    assert "signer_token" not in attrs
+    text = "".join(f.read_text() for f in store.path.rglob("*.json"))
+    assert "SECRET" not in text
+    assert ds["class"].attrs["flag_meanings"] == "Barren Dense_Forest Water"
+
+
+@pytest.mark.skipif(tuple(int(v) for v in rasterio.__gdal_version__.split(".")[:2]) < (3, 11),
+                    reason="GDAL < 3.11 does not know the Zarr v3 'bytes' codec")
+def test_gdal_reads_crs_and_transform(tmp_path):  # pragma: no cover - needs GDAL >= 3.11
+    plan = _plan()
+    store = _create(tmp_path / "m.zarr", plan)
+    _write(store, plan, _full_maps(plan))
+    with rasterio.open(f'ZARR:"{store.path}":/summary_class') as src:
+        assert src.crs.to_epsg() == 32632
+        assert src.transform.almost_equals(plan.map_grid.transform)
+
+
+def test_reopen_resumes_without_touching_the_store(tmp_path):
+    plan = _plan()
+    maps = _full_maps(plan)
+    store = _create(tmp_path / "m.zarr", plan)
+    _write(store, plan, maps, plan.chunks[:2])
+    before = _tree_state(store.path)
+    again = _create(tmp_path / "m.zarr", plan)
+    assert _tree_state(store.path) == before  # created time and all bytes kept
+    assert again.done() == {plan.chunks[0].id, plan.chunks[1].id}
+    _write(again, plan, maps, [c for c in plan.chunks if c.id not in again.done()])
+    full = _create(tmp_path / "full.zarr", plan)
+    _write(full, plan, maps)
+    assert again.digest() == full.digest()
+    assert again.done() == {c.id for c in plan.chunks}
+
+
+@pytest.mark.parametrize(
+    ("change", "named", "fix"),
+    [({"model_version": "demo-2"}, "model version", "m-demo-2.zarr"),
+     ({"model_checksum": "sha256:def"}, "model checksum", "m-demo-1.zarr"),
+     ({"request": {"bbox": [11.0, 45.0, 11.03, 45.01]}}, "request", "--overwrite"),
+     ({"grid": GridSpec(32632, 10.0, 500000.0, 5000000.0, 32 * 6, 32 * 3)}, "map grid", "new path"),
+     ({"times": TIMES[:1]}, "dates", "new path")],
+)
+def test_another_job_is_refused_and_the_store_left_untouched(tmp_path, change, named, fix):
+    plan = _plan()
+    store = _create(tmp_path / "m.zarr", plan)
+    _write(store, plan, _full_maps(plan), plan.chunks[:1])
+    before = _tree_state(store.path)
+    change = dict(change)
+    grid = change.pop("grid", None)
+    times = change.pop("times", TIMES)
+    map_grid = plan_chunks(grid, 32, 32, 2).map_grid if grid else plan.map_grid
+    with pytest.raises(StoreMismatchError, match=named) as info:
+        MapStore.open_or_create(store.path, map_grid=map_grid, times=times,
+                                chunk_shape=plan.chunk_shape, attrs=_attrs(**change))
+    assert fix in str(info.value)
+    assert _tree_state(store.path) == before
+    # overwrite=True replaces our own store
+    new = MapStore.open_or_create(store.path, map_grid=map_grid, times=times,
+                                  chunk_shape=plan.chunk_shape, attrs=_attrs(**change),
+                                  overwrite=True)
+    assert new.done() == set()
+
+
+def test_foreign_directories_are_never_replaced(tmp_path):
+    plan = _plan()
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "precious.txt").write_text("keep me")
+    for overwrite in (False, True):
+        with pytest.raises(StoreError, match="not a geoflow map store"):
+            MapStore.open_or_create(tmp_path / "data", map_grid=plan.map_grid, times=TIMES,
+                                    chunk_shape=plan.chunk_shape, attrs=_attrs(),
+                                    overwrite=overwrite)
+    assert (tmp_path / "data" / "precious.txt").read_text() == "keep me"
+    with pytest.raises(StoreError, match="not a geoflow map store"):
+        MapStore.open(tmp_path / "data")
+
+
+def test_an_interrupted_template_is_rebuilt(tmp_path):
+    plan = _plan()
+    store = _create(tmp_path / "m.zarr", plan)
+    (store.path / "_geoflow_ledger" / "store.json").unlink()  # killed before the marker
+    again = _create(tmp_path / "m.zarr", plan)
+    assert again.done() == set() and (again.path / "_geoflow_ledger" / "store.json").is_file()
+
+
+def test_ledger_marks_only_completed_writes_and_keeps_failures(tmp_path):
+    plan = _plan()
+    maps = _full_maps(plan)
+    store = _create(tmp_path / "m.zarr", plan)
+    c0, c1 = plan.chunks[0], plan.chunks[1]
+    store.record_failure(c1.id, "HTTP 500 on https://h.example/a.tif?se=2024&sig=SECRET")
+    assert store.failures() == {c1.id: "HTTP 500 on https://h.example/a.tif"}
+    bad = maps.isel(y=c0.out_slices[0], x=c0.out_slices[1])
+    with pytest.raises(StoreError, match="not uint8"):
+        store.write_chunk(c0, bad.assign(confidence=bad.confidence.astype("float32") / 255))
+    with pytest.raises(StoreError, match="dates"):
+        store.write_chunk(c0, bad.isel(time=[1, 0]))
+    with pytest.raises(StoreError, match="coordinates"):
+        store.write_chunk(c1, bad)  # c0's pixels written at c1's place
+    with pytest.raises(StoreError, match="not in the store"):
+        store.write_chunk(c0, bad.assign(extra=bad["class"]))
+    shifted = type(c0)("bad", (slice(1, 3), slice(0, 2)), c0.read_grid)
+    with pytest.raises(StoreError, match="whole Zarr chunk"):
+        store.write_chunk(shifted, bad)
+    assert store.done() == set()
+    # per-date and summary variables may be written separately; both mark the chunk done
+    store.write_chunk(c1, maps[["summary_class"]].isel(y=c1.out_slices[0], x=c1.out_slices[1]))
+    assert store.done() == {c1.id} and store.failures() == {}
+    entry = json.loads((store.path / "_geoflow_ledger" / "done" / f"{c1.id}.json").read_text())
+    assert entry["variables"] == ["summary_class"]
+    assert not list((store.path / "_geoflow_ledger").rglob(".*tmp*"))
+
+
+def test_finalize_adds_attributes_but_keeps_creation_time_and_digest(tmp_path):
+    plan = _plan()
+    store = _create(tmp_path / "m.zarr", plan)
+    created, digest = store.attrs["created"], store.digest()
+    store.finalize({"run": {"seconds": 1.5}, "created": "tampered", "status": "complete"})
+    attrs = store.attrs
+    assert attrs["created"] == created and attrs["status"] == "complete"
+    assert attrs["run"] == {"seconds": 1.5}
+    store.finalize({"run": {"seconds": 9.0}})
+    assert store.digest() != digest  # "status" was added ...
+    other = _create(tmp_path / "o.zarr", plan)
+    other.finalize({"run": {"seconds": 3.0}, "status": "complete"})
+    assert other.digest() == store.digest()  # ... but run timings are ignored
+
+
+def test_bad_arguments_are_explained(tmp_path):
+    plan = _plan()
+    with pytest.raises(StoreError, match="model_version"):
+        MapStore.open_or_create(tmp_path / "m.zarr", map_grid=plan.map_grid, times=TIMES,
+                                chunk_shape=plan.chunk_shape, attrs={"request": {}})
+    with pytest.raises(StoreError, match="at least one date"):
+        MapStore.open_or_create(tmp_path / "m.zarr", map_grid=plan.map_grid, times=[],
+                                chunk_shape=plan.chunk_shape, attrs=_attrs())
+    with pytest.raises(StoreError, match="cannot open the map store") as info:
+        MapStore.open_or_create("nosuchscheme://bucket/m.zarr?X-Amz-Signature=SECRET",
+                                map_grid=plan.map_grid, times=TIMES,
+                                chunk_shape=plan.chunk_shape, attrs=_attrs())
+    assert "SECRET" not in str(info.value)
+
+
+def test_object_store_urls_work_like_directories(tmp_path):
+    pytest.importorskip("fsspec")
+    plan = _plan()
+    maps = _full_maps(plan)
+    url = f"memory://geoflow-test-{tmp_path.name}/m.zarr"
+    store = _create(url, plan)
+    assert store.path == url and store.url == url
+    _write(store, plan, maps, plan.chunks[:3])
+    store.record_failure(plan.chunks[4].id, "boom")
+    again = _create(url, plan)  # resume through a new handle
+    assert again.done() == {c.id for c in plan.chunks[:3]}
+    assert again.failures() == {plan.chunks[4].id: "boom"}
+    _write(again, plan, maps, plan.chunks[3:])
+    assert again.failures() == {}
+    with pytest.raises(StoreMismatchError, match="model version"):
+        _create(url, plan, model_version="demo-2")
+    local = _create(tmp_path / "m.zarr", plan)
+    _write(local, plan, maps)
+    assert again.digest() == local.digest()
+    np.testing.assert_array_equal(again.dataset(mask_and_scale=False)["class"].values,
+                                  maps["class"].values)
