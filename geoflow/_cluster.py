@@ -1,0 +1,219 @@
+"""Dask clients for regional runs: reuse, start or connect, and prepare the workers.
+
+A run needs three things from its cluster: a client, GDAL settings that make remote COG reads
+robust and cheap on every worker, and torch not oversubscribing the worker's cores. This module
+provides them; :func:`geoflow.regional.classify_region` uses :func:`cluster_client`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from distributed import Client, LocalCluster
+from distributed.diagnostics.plugin import WorkerPlugin
+
+from geoflow.errors import GeoflowError
+
+# GDAL configuration for reading COGs over HTTP. Retries cover transient 5xx/429 answers of an
+# object store; merging consecutive ranges and a multi-range request cut round trips; EMPTY_DIR
+# stops GDAL from listing the "directory" of every asset (one extra request, often a 403/404).
+GDAL_SETTINGS: dict[str, str] = {
+    "GDAL_HTTP_MAX_RETRY": "3",
+    "GDAL_HTTP_RETRY_DELAY": "0.5",
+    "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
+    "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
+    "GDAL_HTTP_MULTIRANGE": "YES",
+    "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
+    "GDAL_HTTP_TIMEOUT": "60",
+    "GDAL_HTTP_CONNECTTIMEOUT": "20",
+    "VSI_CACHE": "TRUE",
+}
+
+
+def gdal_settings() -> dict[str, str]:
+    """GDAL settings pushed to workers, with any ``GEOFLOW_GDAL_<NAME>`` override applied.
+
+    Returns
+    -------
+    dict
+        Name -> value, ready for ``rasterio.Env(**settings)`` or ``os.environ``.
+
+    Examples
+    --------
+    >>> gdal_settings()["GDAL_DISABLE_READDIR_ON_OPEN"]
+    'EMPTY_DIR'
+    """
+    out = dict(GDAL_SETTINGS)
+    for key in list(out):
+        override = os.environ.get(f"GEOFLOW_GDAL_{key}")
+        if override is not None:
+            out[key] = override
+    return out
+
+
+class WorkerSetup(WorkerPlugin):
+    """Worker plugin: GDAL settings into the environment, torch threads fixed.
+
+    GDAL reads configuration options from the process environment when it has no explicit
+    setting, so putting them in ``os.environ`` reaches every ``rasterio`` open on the worker,
+    including those made by stackstac. Tasks also wrap reads in ``rasterio.Env`` for the case
+    where a plugin could not run (an old worker joining later gets the plugin too).
+    """
+
+    name = "geoflow-worker-setup"
+
+    def __init__(self, gdal: dict[str, str], torch_threads: int | None) -> None:
+        self.gdal = dict(gdal)
+        self.torch_threads = torch_threads
+
+    def setup(self, worker: Any) -> None:
+        os.environ.update(self.gdal)
+        threads = self.torch_threads or max(1, int(getattr(worker.state, "nthreads", 1) or 1))
+        try:
+            import torch
+
+            torch.set_num_threads(threads)
+        except Exception:  # torch missing on a pure-IO worker: nothing to tune
+            pass
+
+
+@dataclass
+class ClusterInfo:
+    """What a run needs to know about its cluster."""
+
+    client: Client
+    n_workers: int
+    gpu: bool
+    dashboard: str | None
+    owned: bool
+
+
+def _worker_resources(client: Client) -> list[dict[str, float]]:
+    info = client.scheduler_info()
+    return [dict(w.get("resources") or {}) for w in info.get("workers", {}).values()]
+
+
+def has_gpu_workers(client: Client) -> bool:
+    """Whether any worker of ``client``'s cluster advertises a ``GPU`` resource.
+
+    Inference tasks then carry ``resources={"GPU": 1}`` so each GPU runs one chunk at a time.
+
+    Examples
+    --------
+    >>> has_gpu_workers(client)  # doctest: +SKIP
+    False
+    """
+    return any(r.get("GPU", 0) > 0 for r in _worker_resources(client))
+
+
+def _current_client() -> Client | None:
+    try:
+        from distributed import get_client
+
+        return get_client()
+    except ValueError:
+        return None
+
+
+def _dashboard(client: Client) -> str | None:
+    try:
+        return str(client.dashboard_link)
+    except Exception:  # no bokeh, or dashboard disabled
+        return None
+
+
+@contextlib.contextmanager
+def cluster_client(
+    client: Client | str | None = None,
+    *,
+    n_workers: int | None = None,
+    torch_threads: int | None = None,
+    dashboard: bool = True,
+    connect_timeout: float = 30.0,
+) -> Iterator[ClusterInfo]:
+    """Yield a prepared Dask client; close it afterwards only if it was started here.
+
+    Parameters
+    ----------
+    client
+        A :class:`distributed.Client`, a scheduler address (``"tcp://host:8786"``), or None:
+        then the current client (``distributed.get_client()``) if there is one, else a new
+        ``LocalCluster`` of processes with one thread each.
+    n_workers
+        Workers of a new LocalCluster (default: the machine's cores, at most 8).
+    torch_threads
+        Threads torch may use per worker (default: the worker's thread count).
+    dashboard
+        Whether a new LocalCluster serves its dashboard (on a free port).
+    connect_timeout
+        Seconds to keep trying a scheduler address.
+
+    Yields
+    ------
+    ClusterInfo
+        Client, worker count, whether workers advertise GPUs, dashboard link, ownership.
+
+    Examples
+    --------
+    >>> with cluster_client(n_workers=2) as info:  # doctest: +SKIP
+    ...     print(info.n_workers, info.gpu)
+    2 False
+    """
+    owned: list[Any] = []
+    try:
+        if isinstance(client, Client):
+            cl = client
+        elif isinstance(client, str):
+            try:
+                cl = Client(client, timeout=connect_timeout)
+            except OSError as err:
+                raise GeoflowError(
+                    f"cannot connect to the Dask scheduler at {client}: {err}",
+                    hint="check the address (tcp://HOST:8786) and that the scheduler is running",
+                ) from None
+            owned.append(cl)
+        else:
+            current = _current_client()
+            if current is not None:
+                cl = current
+            else:
+                cores = os.cpu_count() or 1
+                n = n_workers or min(cores, 8)
+                cluster = LocalCluster(
+                    n_workers=n,
+                    threads_per_worker=1,
+                    processes=True,
+                    dashboard_address=":0" if dashboard else None,
+                    # Environment for the worker processes from the start: GDAL options too.
+                    env=gdal_settings(),
+                )
+                owned.append(cluster)
+                cl = Client(cluster)
+                owned.append(cl)
+                if torch_threads is None:
+                    torch_threads = max(1, cores // n)
+        cl.register_plugin(WorkerSetup(gdal_settings(), torch_threads), name=WorkerSetup.name)
+        n_now = len(cl.scheduler_info().get("workers", {}))
+        if n_now == 0:
+            # A fresh scheduler whose workers are still coming up (k8s, HPC queue).
+            cl.wait_for_workers(1, timeout=300)
+            n_now = len(cl.scheduler_info().get("workers", {}))
+        yield ClusterInfo(
+            client=cl,
+            n_workers=max(1, n_now),
+            gpu=has_gpu_workers(cl),
+            dashboard=_dashboard(cl),
+            owned=bool(owned),
+        )
+    finally:
+        for obj in reversed(owned):
+            with contextlib.suppress(Exception):
+                obj.close()
+
+
+__all__ = ["GDAL_SETTINGS", "ClusterInfo", "WorkerSetup", "cluster_client", "gdal_settings",
+           "has_gpu_workers"]

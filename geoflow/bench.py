@@ -1,0 +1,263 @@
+"""``geoflow bench``: throughput, efficiency and memory of regional runs on the sample archive.
+
+One call measures, on one LocalCluster (started once, warmed up once):
+
+- ``e2e_km2_per_s``: :func:`geoflow.classify_region` from search to finished Zarr store;
+- ``model_only_km2_per_s``: the same chunks' cubes already in the workers' memory, only
+  classified (same workers, same model code), so ``efficiency = e2e / model_only`` says how
+  well reading and writing hide behind compute;
+- ``peak_rss_mb_1x`` / ``peak_rss_mb_4x``: peak resident memory of the client and all worker
+  processes (sampled with psutil) for the region and for one 4x larger;
+- ``baseline_km2_per_s``: the plain way in one process: compute the whole cube into memory,
+  loop its patches through the model, write the map; ``speedup_vs_baseline`` compares.
+  ``baseline_peak_rss_mb_1x`` / ``_4x`` show how its memory follows the area.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import psutil
+
+#: Regions of the benchmark as fractions of the demo bbox: 1x is a quarter of the 4x region.
+_FRACTION_4X = 1.0
+_FRACTION_1X = 0.5
+
+
+class PeakRSS:
+    """Sample the resident memory of this process and its descendants; keep the peak (MB).
+
+    Examples
+    --------
+    >>> with PeakRSS() as peak:
+    ...     _ = bytearray(10_000_000)
+    >>> peak.mb > 10
+    True
+    """
+
+    def __init__(self, interval: float = 0.05) -> None:
+        self.interval = interval
+        self.mb = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _sample(self) -> float:
+        me = psutil.Process()
+        total = 0
+        for proc in [me, *me.children(recursive=True)]:
+            with contextlib.suppress(psutil.Error):  # a process that just ended
+                total += proc.memory_info().rss
+        return total / 2**20
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.mb = max(self.mb, self._sample())
+            self._stop.wait(self.interval)
+
+    def __enter__(self) -> PeakRSS:
+        self.mb = self._sample()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.mb = max(self.mb, self._sample())
+
+
+def _sub_bbox(bbox: Sequence[float], fraction: float) -> tuple[float, float, float, float]:
+    """The centred part of ``bbox`` with sides ``fraction`` as long."""
+    w, s, e, n = (float(v) for v in bbox)
+    cx, cy = (w + e) / 2, (s + n) / 2
+    hx, hy = (e - w) * fraction / 2, (n - s) * fraction / 2
+    return (cx - hx, cy - hy, cx + hx, cy + hy)
+
+
+def _read_chunk_cube(chunk: Any, scenes: dict[str, list[dict]], gdal: dict[str, str]) -> Any:
+    import rasterio
+
+    from geoflow.catalog import SceneSet
+    from geoflow.cube import build_cube
+
+    with rasterio.Env(**gdal):
+        return build_cube(SceneSet(s2=scenes["s2"], s1=scenes["s1"]),
+                          chunk.read_grid).compute(scheduler="sync")
+
+
+def _classify_cube(cube: Any, model_path: str, stride: int) -> int:
+    from geoflow.infer import classify_window, get_model
+
+    out = classify_window(cube, get_model(model_path), stride)
+    return int(out["class"].size)
+
+
+def _worker_device(model_path: str) -> str:
+    from geoflow.infer import get_model
+
+    return str(get_model(model_path).device)
+
+
+def _baseline(bbox: Sequence[float], dates: str, url: str, model_path: str, stride: int,
+              out: str) -> float:
+    """The plain way: whole cube into memory, all patches through the model, write. Seconds."""
+    import math
+
+    import torch
+
+    from geoflow.catalog import search_scenes
+    from geoflow.cube import build_cube
+    from geoflow.grid import GridSpec
+    from geoflow.infer import classify_window
+    from geoflow.model import load
+    from geoflow.request import Request
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(os.cpu_count() or 1)
+    request = Request.from_user(bbox, dates)
+    model = load(model_path, device="auto")
+    patch = int(model.patch_size)
+    scenes = search_scenes(request, url)
+    align = patch * stride // math.gcd(patch, stride)
+    grid = GridSpec.from_bbox(request.bbox, resolution=10.0, align=align)
+    halo = (patch - stride) // 2
+    read = grid.window(-halo, -halo, grid.height + 2 * halo, grid.width + 2 * halo)
+    cube = build_cube(scenes, read).compute()
+    result = classify_window(cube, model, stride)
+    for var in result.variables.values():
+        var.encoding.clear()
+    result.drop_vars([v for v in result.coords if result[v].dtype == object]).to_zarr(
+        out, mode="w", consolidated=False)
+    return time.perf_counter() - t0
+
+
+def run_bench(
+    *, n_workers: int | None = None, model: str | os.PathLike[str] | None = None,
+    log: Callable[[str], Any] | None = None
+) -> dict[str, Any]:
+    """Run the benchmark on the sample archive; return the figures.
+
+    Parameters
+    ----------
+    n_workers
+        Workers of the LocalCluster (default: the machine's cores).
+    model
+        Checkpoint (default: the shipped demo weights).
+    log
+        Called with one-line status messages.
+
+    Returns
+    -------
+    dict
+        ``e2e_km2_per_s``, ``model_only_km2_per_s``, ``efficiency``, ``peak_rss_mb_1x``,
+        ``peak_rss_mb_4x``, ``baseline_km2_per_s``, ``speedup_vs_baseline``, ``device`` and
+        details (areas, seconds, workers, baseline memory).
+
+    Examples
+    --------
+    >>> figures = run_bench(n_workers=2)  # doctest: +SKIP
+    >>> figures["efficiency"] > 0.8  # doctest: +SKIP
+    True
+    """
+    from distributed import wait
+
+    from geoflow._cluster import cluster_client, gdal_settings
+    from geoflow.catalog import search_scenes
+    from geoflow.demo import ensure_archive
+    from geoflow.grid import GridSpec
+    from geoflow.model import DEFAULT_CHECKPOINT, load
+    from geoflow.regional import DEFAULT_CHUNK_PATCHES, classify_region
+    from geoflow.request import Request
+    from geoflow.tiles import plan_chunks
+
+    say = log or (lambda _msg: None)
+    _directory, info, url = ensure_archive(log)
+    dates = info["datetime"]
+    bbox4 = _sub_bbox(info["demo_bbox"], _FRACTION_4X)
+    bbox1 = _sub_bbox(info["demo_bbox"], _FRACTION_1X)
+    model_path = str(model) if model is not None else str(DEFAULT_CHECKPOINT)
+    tmp = tempfile.mkdtemp(prefix="geoflow-bench-")
+    try:
+        with cluster_client(None, n_workers=n_workers, dashboard=False) as cl:
+            client = cl.client
+            say(f"warming up {cl.n_workers} workers")
+            classify_region(_sub_bbox(bbox1, 0.3), dates, out=os.path.join(tmp, "warm.zarr"),
+                            catalog=url, client=client, model=model_path)
+            device = sorted(set(client.run(_worker_device, model_path).values()))
+
+            say(f"end to end, 1x region {bbox1}")
+            with PeakRSS() as rss1:
+                t0 = time.perf_counter()
+                ds1 = classify_region(bbox1, dates, out=os.path.join(tmp, "e2e1.zarr"),
+                                      catalog=url, client=client, model=model_path)
+                e2e_s = time.perf_counter() - t0
+
+            km2_1 = dict(ds1.attrs["run"])["km2"]
+
+            say(f"end to end, 4x region {bbox4}")
+            with PeakRSS() as rss4:
+                t0 = time.perf_counter()
+                ds4 = classify_region(bbox4, dates, out=os.path.join(tmp, "e2e4.zarr"),
+                                      catalog=url, client=client, model=model_path)
+                e2e4_s = time.perf_counter() - t0
+            km2_4 = dict(ds4.attrs["run"])["km2"]
+
+            say("model only: the 1x region's chunk cubes in worker memory")
+            loaded = load(model_path, device="cpu")
+            patch = int(loaded.patch_size)
+            request = Request.from_user(bbox1, dates)
+            scenes = search_scenes(request, url)
+            grid = GridSpec.from_bbox(request.bbox, resolution=10.0, align=patch)
+            plan = plan_chunks(grid, patch, patch, DEFAULT_CHUNK_PATCHES)
+            [payload] = client.scatter([{"s2": scenes.s2, "s1": scenes.s1}], broadcast=True)
+            cubes = [client.submit(_read_chunk_cube, c, payload, gdal_settings(), pure=False)
+                     for c in plan.chunks]
+            wait(cubes)
+            t0 = time.perf_counter()
+            outs = [client.submit(_classify_cube, cube, model_path, patch, pure=False)
+                    for cube in cubes]
+            wait(outs)
+            model_s = time.perf_counter() - t0
+            del cubes, outs, payload
+
+        say("baseline: whole cube in memory, one process (1x, then 4x for its memory)")
+        with PeakRSS() as rss_base:
+            base_s = _baseline(bbox1, dates, url, model_path, patch, os.path.join(tmp, "b.zarr"))
+        with PeakRSS() as rss_base4:
+            base4_s = _baseline(bbox4, dates, url, model_path, patch,
+                                os.path.join(tmp, "b4.zarr"))
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+    e2e = km2_1 / e2e_s
+    model_only = km2_1 / model_s
+    baseline = km2_1 / base_s
+    return {
+        "e2e_km2_per_s": round(e2e, 3),
+        "model_only_km2_per_s": round(model_only, 3),
+        "efficiency": round(e2e / model_only, 3),
+        "peak_rss_mb_1x": round(rss1.mb, 1),
+        "peak_rss_mb_4x": round(rss4.mb, 1),
+        "baseline_km2_per_s": round(baseline, 3),
+        "speedup_vs_baseline": round(e2e / baseline, 3),
+        "device": ",".join(device),
+        "km2_1x": round(km2_1, 2),
+        "km2_4x": round(km2_4, 2),
+        "e2e_seconds_1x": round(e2e_s, 2),
+        "e2e_km2_per_s_4x": round(km2_4 / e2e4_s, 3),
+        "model_only_seconds": round(model_s, 2),
+        "baseline_seconds": round(base_s, 2),
+        "baseline_peak_rss_mb_1x": round(rss_base.mb, 1),
+        "baseline_peak_rss_mb_4x": round(rss_base4.mb, 1),
+        "baseline_km2_per_s_4x": round(km2_4 / base4_s, 3),
+        "workers": cl.n_workers,
+    }
+
+
+__all__ = ["PeakRSS", "run_bench"]

@@ -1,0 +1,627 @@
+"""Regional maps on Dask: :func:`classify_region`.
+
+The flow is one direction: validate the request, search the catalog, lay the output grid and
+its chunks, write the store's template, then run one task per chunk on the cluster. A task
+reads its chunk's cube window, classifies it with the worker's cached model, computes the
+period summary for its pixels and writes its region of the Zarr store; the ledger then marks
+the chunk done. Only small summaries come back to the client, and chunks are submitted in a
+bounded window, so a region of any size costs time, not client memory or scheduler load.
+
+Without ``out`` the run writes to a temporary local store, loads the result into memory and
+deletes the store: one code path for both cases. A temporary store needs workers that share
+the client's file system (any LocalCluster); on a remote cluster pass ``out`` on a shared
+file system.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import math
+import os
+import shutil
+import tempfile
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import xarray as xr
+
+from geoflow.errors import GeoflowError, RequestError, RunFailedError
+
+#: Chunk attempts before a chunk is recorded as failed (reads and writes are retried);
+#: environment ``GEOFLOW_CHUNK_ATTEMPTS`` overrides.
+MAX_ATTEMPTS = 4
+#: Seconds before the second attempt, doubling each time; ``GEOFLOW_RETRY_BACKOFF_S`` overrides.
+BACKOFF_S = 1.0
+#: Futures in flight per worker: enough to keep each busy while the client handles results.
+WINDOW_PER_WORKER = 2
+#: Threads a chunk task reads its assets with (HTTP latency overlaps; GDAL releases the GIL);
+#: environment ``GEOFLOW_IO_THREADS`` overrides; 1 reads with Dask's synchronous scheduler.
+IO_THREADS = 4
+#: Patches per chunk side when the caller does not say. Bigger chunks read their assets with
+#: less overhead (fewer opens, fewer COG blocks decoded twice); memory per task grows with it
+#: (about 14 MB per date for 16 x 16 patches of 32 px).
+DEFAULT_CHUNK_PATCHES = 16
+#: Summary variable names in the store.
+SUMMARY_VARS = ("summary_class", "summary_confidence")
+
+ProgressCallback = Callable[[dict[str, Any]], None]
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- summary
+def period_summary(
+    cls: np.ndarray, confidence: np.ndarray, n_classes: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Confidence-weighted vote across time.
+
+    Each valid observation (class != 255) votes for its class with weight ``confidence + 1``
+    (so a valid observation always counts). The winner is the class with the largest total
+    weight (ties go to the lower class index, so results are deterministic).
+    ``summary_confidence`` is the mean, over the pixel's valid observations, of the confidence
+    of those that voted for the winner (0 for the others): high only where dates agree *and*
+    were confident. Integer arithmetic throughout, so every run gives the same bytes.
+
+    Parameters
+    ----------
+    cls
+        (time, y, x) uint8 class indices, 255 = no data.
+    confidence
+        (time, y, x) uint8 confidence 0-255.
+    n_classes
+        Number of classes K.
+
+    Returns
+    -------
+    summary_class, summary_confidence
+        (y, x) uint8 each; 255 / 0 where no date had data.
+
+    Examples
+    --------
+    >>> c = np.array([[[1]], [[2]], [[1]]], dtype=np.uint8)
+    >>> p = np.array([[[200]], [[250]], [[100]]], dtype=np.uint8)
+    >>> s, q = period_summary(c, p, 10)
+    >>> int(s[0, 0]), int(q[0, 0])
+    (1, 100)
+    """
+    cls = np.asarray(cls)
+    conf = np.asarray(confidence).astype(np.int64)
+    valid = cls != 255
+    n_valid = valid.sum(axis=0)
+    votes = np.zeros((n_classes, *cls.shape[1:]), dtype=np.int64)
+    for k in range(n_classes):
+        votes[k] = np.where(cls == k, conf + 1, 0).sum(axis=0)
+    winner = votes.argmax(axis=0)
+    win_conf = np.where(cls == winner[None], conf, 0).sum(axis=0)
+    mean_conf = np.where(n_valid > 0, (win_conf + n_valid // 2) // np.maximum(n_valid, 1), 0)
+    summary_class = np.where(n_valid > 0, winner, 255).astype(np.uint8)
+    return summary_class, mean_conf.astype(np.uint8)
+
+
+def add_summary(ds: xr.Dataset, n_classes: int) -> xr.Dataset:
+    """Return ``ds`` with ``summary_class`` and ``summary_confidence`` (y, x) added.
+
+    Examples
+    --------
+    >>> m = add_summary(chunk_map, 10)  # doctest: +SKIP
+    """
+    s_cls, s_conf = period_summary(ds["class"].values, ds["confidence"].values, n_classes)
+    dims = ("y", "x")
+    out = ds.copy()
+    out["summary_class"] = xr.DataArray(s_cls, dims=dims)
+    out["summary_confidence"] = xr.DataArray(s_conf, dims=dims)
+    return out
+
+
+# --------------------------------------------------------------------------- worker side
+def _clear_gdal_http_cache() -> None:
+    """Forget GDAL's /vsicurl/ cache, which remembers a failed HTTP answer for the process.
+
+    Without this a retry of an asset that answered 500 once fails again without a request.
+    rasterio does not expose ``VSICurlClearCache``; the loaded libgdal does.
+    """
+    try:
+        with open("/proc/self/maps") as fh:
+            paths = {ln.split()[-1] for ln in fh if "libgdal" in ln and ln.split()[-1][0] == "/"}
+        for path in paths:
+            ctypes.CDLL(path).VSICurlClearCache()
+    except (OSError, AttributeError, IndexError):  # not Linux, or another GDAL build
+        pass
+
+
+def _attempt(fn: Callable[[], Any], what: str, max_attempts: int, backoff: float) -> Any:
+    """Call ``fn`` up to ``max_attempts`` times with exponential backoff.
+
+    geoflow's own errors (bad input, model, store mismatch) are not transient and are raised
+    at once; anything else (HTTP errors surfacing from GDAL/stackstac, timeouts) is retried.
+    """
+    last: BaseException | None = None
+    for attempt in range(max_attempts):
+        try:
+            return fn()
+        except GeoflowError:
+            raise
+        except Exception as err:
+            last = err
+            _clear_gdal_http_cache()
+            if attempt + 1 < max_attempts:
+                time.sleep(backoff * 2**attempt)
+    assert last is not None
+    raise _ChunkFailure(f"{what} failed after {max_attempts} attempts: {_short(last)}") from last
+
+
+class _ChunkFailure(Exception):
+    pass
+
+
+def _short(err: BaseException, limit: int = 400) -> str:
+    text = f"{type(err).__name__}: {err}"
+    # stackstac wraps the GDAL error; the innermost cause names the HTTP status.
+    cause = err.__cause__
+    if cause is not None and str(cause) not in text:
+        text += f" (cause: {type(cause).__name__}: {cause})"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+@dataclass
+class _TaskSpec:
+    """Everything a chunk task needs besides the chunk and the scenes; small and picklable."""
+
+    model_path: str
+    store_path: str
+    stride: int
+    batch_size: int | None
+    device: str
+    n_classes: int
+    max_attempts: int = MAX_ATTEMPTS
+    backoff: float = BACKOFF_S
+    io_threads: int = IO_THREADS
+    gdal: dict[str, str] = field(default_factory=dict)
+
+
+def _overlaps(item: dict, bbox: Sequence[float]) -> bool:
+    ib = item.get("bbox")
+    if not ib:
+        return True
+    w, s, e, n = (ib[0], ib[1], ib[3], ib[4]) if len(ib) == 6 else ib
+    return w < bbox[2] and e > bbox[0] and s < bbox[3] and n > bbox[1]
+
+
+def _empty_map(store: Any, chunk: Any) -> xr.Dataset:
+    """A chunk's map where no scene has data: class 255, cloud_fraction 255, the rest 0."""
+    h, w = chunk.shape
+    shape = (len(store.times), h, w)
+    dims = ("time", "y", "x")
+    ds = xr.Dataset({
+        "class": (dims, np.full(shape, 255, np.uint8)),
+        "confidence": (dims, np.zeros(shape, np.uint8)),
+        "sar_weight": (dims, np.zeros(shape, np.uint8)),
+        "cloud_fraction": (dims, np.full(shape, 255, np.uint8)),
+        "summary_class": (("y", "x"), np.full((h, w), 255, np.uint8)),
+        "summary_confidence": (("y", "x"), np.zeros((h, w), np.uint8)),
+    })
+    return ds
+
+
+def _open_store(path: str) -> Any:
+    from geoflow.store import MapStore
+
+    return MapStore.open(path)
+
+
+def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec) -> dict[str, Any]:
+    """Task body for one chunk: read, classify, summarise, write, mark done.
+
+    Module level so it pickles by reference. Returns a small summary dict; a chunk that keeps
+    failing is recorded in the store's ledger and returned with ``status="failed"`` rather
+    than raised, so one broken asset does not stop the region.
+    """
+    import rasterio
+
+    from geoflow.catalog import SceneSet
+    from geoflow.cube import build_cube
+    from geoflow.infer import classify_window, get_model
+
+    t0 = time.perf_counter()
+    store = _open_store(spec.store_path)
+    if not any(_overlaps(it, chunk.read_grid.bbox_lonlat) for it in scenes["s2"]):
+        # A chunk beyond the scenes' footprints (the region's edge past the archive): a valid,
+        # empty map, not a failure.
+        store.write_chunk(chunk, _empty_map(store, chunk))
+        return {"chunk": chunk.id, "status": "done", "seconds": time.perf_counter() - t0,
+                "read_s": 0.0, "infer_s": 0.0, "pixels": 0, "valid": 0,
+                "worker_pid": os.getpid()}
+    try:
+        scene_set = SceneSet(s2=scenes["s2"], s1=scenes["s1"])
+
+        def read() -> xr.Dataset:
+            with rasterio.Env(**spec.gdal):
+                cube = build_cube(scene_set, chunk.read_grid)
+                if spec.io_threads <= 1:
+                    return cube.compute(scheduler="sync")
+                return cube.compute(scheduler="threads", num_workers=spec.io_threads)
+
+        cube = _attempt(read, "reading the cube", spec.max_attempts, spec.backoff)
+        t_read = time.perf_counter() - t0
+        model = get_model(spec.model_path, device=spec.device)
+        result = classify_window(cube, model, spec.stride, batch_size=spec.batch_size or 256)
+        result = add_summary(result, spec.n_classes)
+        t_infer = time.perf_counter() - t0 - t_read
+
+        def write() -> None:
+            store.write_chunk(chunk, result)
+
+        _attempt(write, "writing the chunk", spec.max_attempts, spec.backoff)
+    except _ChunkFailure as err:
+        reason = str(err)
+        store.record_failure(chunk.id, reason)
+        return {"chunk": chunk.id, "status": "failed", "reason": reason,
+                "seconds": time.perf_counter() - t0}
+    except GeoflowError as err:
+        reason = f"{type(err).__name__}: {err}"
+        store.record_failure(chunk.id, reason)
+        return {"chunk": chunk.id, "status": "failed", "reason": reason,
+                "seconds": time.perf_counter() - t0}
+    cls = result["class"].values
+    return {
+        "chunk": chunk.id,
+        "status": "done",
+        "seconds": time.perf_counter() - t0,
+        "read_s": t_read,
+        "infer_s": t_infer,
+        "pixels": int(cls[0].size) if cls.ndim == 3 else int(cls.size),
+        "valid": int((cls != 255).sum()),
+        "worker_pid": os.getpid(),
+    }
+
+
+# --------------------------------------------------------------------------- client side
+@dataclass
+class RunReport:
+    """What a run did; stored in the map's root attributes as ``run``."""
+
+    chunks_total: int = 0
+    chunks_skipped: int = 0
+    chunks_computed: int = 0
+    failures: dict[str, str] = field(default_factory=dict)
+    seconds: float = 0.0
+    km2: float = 0.0
+    dashboard: str | None = None
+
+    @property
+    def km2_per_s(self) -> float:
+        return self.km2 / self.seconds if self.seconds > 0 else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "chunks_total": self.chunks_total,
+            "chunks_skipped": self.chunks_skipped,
+            "chunks_computed": self.chunks_computed,
+            "failures": dict(self.failures),
+            "seconds": round(self.seconds, 3),
+            "km2": round(self.km2, 3),
+            "km2_per_s": round(self.km2_per_s, 3),
+        }
+
+
+def _retry_settings() -> dict[str, Any]:
+    try:
+        attempts = int(os.environ.get("GEOFLOW_CHUNK_ATTEMPTS", MAX_ATTEMPTS))
+        backoff = float(os.environ.get("GEOFLOW_RETRY_BACKOFF_S", BACKOFF_S))
+        io_threads = int(os.environ.get("GEOFLOW_IO_THREADS", IO_THREADS))
+    except ValueError as err:
+        raise GeoflowError(f"bad retry setting in the environment: {err}",
+                           hint="GEOFLOW_CHUNK_ATTEMPTS and GEOFLOW_IO_THREADS are integers "
+                                ">= 1, GEOFLOW_RETRY_BACKOFF_S is seconds >= 0") from None
+    return {"max_attempts": max(1, attempts), "backoff": max(0.0, backoff),
+            "io_threads": max(1, io_threads)}
+
+
+def resolve_catalog(catalog: Any = None) -> Any:
+    """Catalog settings for a run: ``catalog`` if given, else ``GEOFLOW_STAC_URL``, else the
+    bundled sample archive, created if missing and served locally (started if needed).
+
+    Examples
+    --------
+    >>> resolve_catalog("http://127.0.0.1:8081")  # doctest: +SKIP
+    """
+    if catalog is not None:
+        return catalog
+    env = os.environ.get("GEOFLOW_STAC_URL")
+    if env:
+        return env
+    from geoflow.archive import create_archive, default_archive_dir
+    from geoflow.archive.server import ensure_server
+
+    directory = default_archive_dir()
+    if not (Path(directory) / "archive.json").exists():
+        create_archive(directory)
+    return ensure_server(directory)
+
+
+def _model_meta(model: str | os.PathLike[str] | None) -> tuple[str, Any]:
+    from geoflow.model import DEFAULT_CHECKPOINT, load
+
+    path = str(model) if model is not None else str(DEFAULT_CHECKPOINT)
+    loaded = load(path, device="cpu")  # client side: metadata only, never shipped to workers
+    return path, loaded
+
+
+def _times_and_ids(scenes: Any, grid: Any) -> tuple[np.ndarray, list[str], list[str]]:
+    """Time steps of the cube (same for every chunk: each chunk's cube sees all scenes)."""
+    from geoflow.cube import build_cube
+
+    cube = build_cube(scenes, grid)  # lazy: nothing is read
+    times = cube["time"].values
+    s2_ids = [str(v) for v in cube["s2_ids"].values] if "s2_ids" in cube.coords else []
+    s1_ids = [str(v) for v in cube["s1_ids"].values] if "s1_ids" in cube.coords else []
+    return times, s2_ids, s1_ids
+
+
+def classify_region(
+    bbox: str | Sequence[float],
+    dates: str | tuple[Any, Any],
+    *,
+    out: str | os.PathLike[str] | None = None,
+    catalog: Any = None,
+    model: str | os.PathLike[str] | None = None,
+    client: Any = None,
+    crs: int | None = None,
+    resolution: float = 10,
+    stride: int | None = None,
+    max_cloud: float | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    chunk_patches: int | None = None,
+    progress: ProgressCallback | None = None,
+    overwrite: bool = False,
+    n_workers: int | None = None,
+    max_area_km2: float | None = None,
+) -> xr.Dataset:
+    """Map scene classes over a region and period, chunk by chunk on a Dask cluster.
+
+    Parameters
+    ----------
+    bbox
+        ``(W, S, E, N)`` in degrees, or ``"W,S,E,N"``.
+    dates
+        ``"YYYY-MM-DD/YYYY-MM-DD"`` (end inclusive) or a pair.
+    out
+        Zarr store directory (local or on a file system all workers mount). The map is
+        written there as chunks finish and the result is opened from it lazily. Rerunning
+        the same request on the same store resumes: done chunks are skipped. None: a
+        temporary store, loaded into memory, then deleted.
+    catalog
+        STAC API URL or :class:`geoflow.catalog.CatalogSettings`. Default: ``GEOFLOW_STAC_URL``,
+        else the bundled sample archive, served locally (created and started if needed).
+    model
+        Checkpoint path; default the shipped demo checkpoint. Workers load it from this path
+        once each (it must be readable by them).
+    client
+        A ``distributed.Client`` or scheduler address; default the current client, else a new
+        LocalCluster (processes, one thread each) closed at the end.
+    crs
+        EPSG code of the output grid; default the UTM zone of the bbox centre.
+    resolution
+        Pixel size of the input grid in metres.
+    stride
+        Patch step in input pixels; default the model's patch size. Smaller gives overlapping
+        windows and a finer map (map pixel = ``stride * resolution``).
+    max_cloud
+        Upper limit on Sentinel-2 scene cloud cover (percent).
+    batch_size
+        Patches per model batch on the workers.
+    device
+        ``"cpu"``, ``"cuda"`` or None (each worker picks CUDA if it has a GPU).
+    chunk_patches
+        Patches per chunk side (the unit of work, retry and resume). Default 16.
+    progress
+        Called with small event dicts: ``{"event": "start", ...}`` once, then
+        ``{"event": "chunk", ...}`` per finished chunk.
+    overwrite
+        Delete an existing store at ``out`` first instead of resuming it.
+    n_workers
+        Workers of a LocalCluster started here.
+    max_area_km2
+        Raise the request's area limit.
+
+    Returns
+    -------
+    xarray.Dataset
+        ``class``, ``confidence``, ``sar_weight``, ``cloud_fraction`` on (time, y, x) and
+        ``summary_class``, ``summary_confidence`` on (y, x), all uint8 as stored (classes
+        255 = no data; the others 0-255 = 0-1); CRS in ``spatial_ref``; attrs name
+        the region, dates, model and classes (the Jupyter repr shows them), and
+        ``run`` reports the run (chunks computed and skipped, failures, seconds, km²).
+
+    Raises
+    ------
+    RunFailedError
+        Some chunks kept failing; the rest of the map is written and ``err.failures`` maps
+        chunk ids to reasons. Rerun the same call to retry only those chunks.
+
+    Examples
+    --------
+    >>> import geoflow
+    >>> m = geoflow.classify_region((13.30, 52.45, 13.45, 52.55), "2024-06-01/2024-06-30",
+    ...                             out="berlin.zarr")  # doctest: +SKIP
+    >>> m.summary_class.plot()  # doctest: +SKIP
+    """
+
+    from geoflow._cluster import gdal_settings
+    from geoflow.catalog import search_scenes
+    from geoflow.grid import GridSpec
+    from geoflow.request import Request
+    from geoflow.tiles import plan_chunks
+
+    t_start = time.perf_counter()
+    request = Request.from_user(bbox, dates, max_cloud=max_cloud, max_area_km2=max_area_km2)
+    if stride is not None and stride < 1:
+        raise RequestError(f"stride must be a positive number of pixels, got {stride}",
+                           hint="pass --stride 8, 16, ... up to the model's patch size")
+    if chunk_patches is not None and chunk_patches < 1:
+        raise RequestError(f"chunk_patches must be >= 1, got {chunk_patches}",
+                           hint="pass a chunk size of 4-32 patches per side")
+    model_path, loaded = _model_meta(model)
+    patch = int(loaded.patch_size)
+    stride = int(stride or patch)
+    if stride > patch:
+        raise RequestError(f"stride {stride} is larger than the model's patch size {patch}",
+                           hint=f"use a stride of at most {patch} pixels")
+    log.info("model %s loaded for metadata (%.2f s)", loaded.version, time.perf_counter() - t_start)
+    settings = resolve_catalog(catalog)
+    scenes = search_scenes(request, settings)
+    log.info("search: %d S2 + %d S1 scenes (%.2f s)", len(scenes.s2), len(scenes.s1),
+             time.perf_counter() - t_start)
+    # Align the grid to whole patches and map pixels, so chunks of one region line up across
+    # requests and the map's pixels tile the input grid exactly.
+    align = patch * stride // math.gcd(patch, stride)
+    grid = GridSpec.from_bbox(request.bbox, resolution=float(resolution), epsg=crs, align=align)
+    plan = plan_chunks(grid, patch, stride, int(chunk_patches or DEFAULT_CHUNK_PATCHES))
+    times, s2_ids, s1_ids = _times_and_ids(scenes, plan.chunks[0].read_grid)
+
+    dates_text = f"{request.start:%Y-%m-%d}/{request.end:%Y-%m-%d}"
+    attrs: dict[str, Any] = {
+        "title": f"geoflow scene-class map {dates_text}",
+        "region_bbox": [float(v) for v in request.bbox],
+        "dates": dates_text,
+        "model_version": str(loaded.version),
+        "model_checksum": str(loaded.checksum),
+        "classes": list(loaded.classes),
+        "class_colors": list(loaded.colors),
+        "stride": stride,
+        "patch_size": patch,
+        "stac_items": [{"time": str(t), "s2": a.split(",") if a else [],
+                        "s1": b.split(",") if b else []}
+                       for t, a, b in zip(np.datetime_as_string(times, unit="D"), s2_ids,
+                                          s1_ids, strict=True)],
+        "request": {**request.to_dict(), "resolution": float(resolution), "stride": stride,
+                    "patch_size": patch, "epsg": grid.epsg},
+    }
+
+    temp_dir: str | None = None
+    if out is None:
+        temp_dir = tempfile.mkdtemp(prefix="geoflow-map-")
+        store_path = os.path.join(temp_dir, "map.zarr")
+    else:
+        store_path = os.fspath(out)
+    try:
+        return _run(plan, scenes, times, attrs, store_path, model_path, loaded, stride,
+                    batch_size, device, client, n_workers, progress, gdal_settings(),
+                    grid, t_start, in_memory=temp_dir is not None, overwrite=overwrite)
+    finally:
+        if temp_dir is not None:
+            shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], store_path: str,
+         model_path: str, loaded: Any, stride: int, batch_size: int | None, device: str | None,
+         client: Any, n_workers: int | None, progress: ProgressCallback | None,
+         gdal: dict[str, str], grid: Any, t_start: float, *, in_memory: bool,
+         overwrite: bool) -> xr.Dataset:
+
+    from distributed import as_completed
+
+    from geoflow._cluster import cluster_client
+    from geoflow.store import MapStore
+
+    store = MapStore.open_or_create(store_path, map_grid=plan.map_grid, times=times,
+                                    chunk_shape=plan.chunk_shape, attrs=attrs,
+                                    overwrite=overwrite)
+    done = set(store.done())
+    log.info("store template ready (%.2f s)", time.perf_counter() - t_start)
+    todo = [c for c in plan.chunks if c.id not in done]
+    km2_per_chunk = {c.id: _chunk_km2(c, plan) for c in plan.chunks}
+    report = RunReport(chunks_total=len(plan.chunks), chunks_skipped=len(plan.chunks) - len(todo),
+                       km2=float(grid.area_km2))
+    spec = _TaskSpec(model_path=model_path, store_path=store_path, stride=stride,
+                     batch_size=batch_size, device=device or "auto",
+                     n_classes=len(loaded.classes), gdal=gdal, **_retry_settings())
+
+    with cluster_client(client, n_workers=n_workers) as info:
+        report.dashboard = info.dashboard
+        log.info("cluster of %d workers ready (%.2f s)", info.n_workers,
+                 time.perf_counter() - t_start)
+        if progress is not None:
+            progress({"event": "start", "chunks_total": report.chunks_total,
+                      "chunks_todo": len(todo), "km2_total": report.km2,
+                      "km2_todo": sum(km2_per_chunk[c.id] for c in todo),
+                      "dashboard": info.dashboard, "workers": info.n_workers, "gpu": info.gpu,
+                      "store": store_path})
+        if todo:
+            cl = info.client
+            # The scene list is the one sizeable argument: send it once, reference it after.
+            payload = {"s2": list(scenes.s2), "s1": list(scenes.s1)}
+            [scenes_future] = cl.scatter([payload], broadcast=True)
+            resources = {"GPU": 1} if info.gpu else None
+            window = max(2, WINDOW_PER_WORKER * info.n_workers)
+            pending = iter(todo)
+            ac = as_completed()
+
+            def submit_next() -> bool:
+                chunk = next(pending, None)
+                if chunk is None:
+                    return False
+                fut = cl.submit(run_chunk, chunk, scenes_future, spec, key=f"geoflow-{chunk.id}-"
+                                f"{os.getpid()}-{time.time_ns()}", resources=resources,
+                                pure=False)
+                fut.geoflow_chunk = chunk  # type: ignore[attr-defined]
+                ac.add(fut)
+                return True
+
+            for _ in range(window):
+                if not submit_next():
+                    break
+            for fut in ac:
+                chunk = fut.geoflow_chunk
+                try:
+                    summary = fut.result()
+                except Exception as err:  # the task itself died (KilledWorker, lost data)
+                    reason = _short(err)
+                    store.record_failure(chunk.id, reason)
+                    summary = {"chunk": chunk.id, "status": "failed", "reason": reason}
+                finally:
+                    fut.release()
+                if summary["status"] == "failed":
+                    report.failures[chunk.id] = summary["reason"]
+                else:
+                    report.chunks_computed += 1
+                if progress is not None:
+                    progress({"event": "chunk", "km2": km2_per_chunk[chunk.id], **summary})
+                submit_next()
+            del scenes_future
+        log.info("all chunks finished (%.2f s)", time.perf_counter() - t_start)
+
+    report.seconds = time.perf_counter() - t_start
+    # Under "run": values that differ between runs, which the store's digest leaves out.
+    store.finalize({"run": report.to_dict()})
+    if report.failures:
+        listing = "; ".join(f"{k}: {v}" for k, v in sorted(report.failures.items())[:5])
+        more = len(report.failures) - 5
+        raise RunFailedError(
+            f"{len(report.failures)} of {report.chunks_total} chunks failed "
+            f"({listing}{f'; and {more} more' if more > 0 else ''}); "
+            f"the other chunks are written to {store_path if not in_memory else 'memory'}",
+            failures=report.failures,
+            hint="fix the cause (often an unreachable asset) and rerun the same command with the "
+                 "same --out: only failed chunks are computed again",
+        )
+    # Raw uint8 as written (255 = no data): classes stay integer codes, not floats with NaN.
+    ds = xr.open_zarr(store_path, decode_coords="all", consolidated=False, mask_and_scale=False)
+    if in_memory:
+        ds = ds.load()
+    return ds
+
+
+def _chunk_km2(chunk: Any, plan: Any) -> float:
+    ys, xs = chunk.out_slices
+    res = float(plan.map_grid.resolution)
+    return (ys.stop - ys.start) * (xs.stop - xs.start) * res * res / 1e6
+
+
+__all__ = ["RunReport", "add_summary", "classify_region", "period_summary", "resolve_catalog",
+           "run_chunk"]

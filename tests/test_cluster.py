@@ -1,0 +1,62 @@
+"""geoflow._cluster: clients are reused or started, workers get GDAL settings, GPUs are seen."""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+
+
+def _worker_env() -> tuple[str | None, int]:
+    import torch
+
+    return os.environ.get("GDAL_DISABLE_READDIR_ON_OPEN"), torch.get_num_threads()
+
+
+def test_gdal_settings_take_environment_overrides(monkeypatch):
+    from geoflow._cluster import gdal_settings
+
+    assert gdal_settings()["GDAL_HTTP_MERGE_CONSECUTIVE_RANGES"] == "YES"
+    monkeypatch.setenv("GEOFLOW_GDAL_GDAL_HTTP_MAX_RETRY", "7")
+    assert gdal_settings()["GDAL_HTTP_MAX_RETRY"] == "7"
+
+
+def test_existing_client_is_reused_prepared_and_left_open():
+    from distributed import Client, LocalCluster
+
+    from geoflow._cluster import cluster_client
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, Client(cluster) as client:
+        with cluster_client(client) as info:
+            assert info.client is client and not info.owned
+            assert info.n_workers == 1 and info.gpu is False
+            # The plugin put the GDAL settings into the worker's environment.
+            env = client.run(_worker_env)
+            assert [v[0] for v in env.values()] == ["EMPTY_DIR"]
+        # With no client given, the current one is found and reused.
+        with cluster_client() as info:
+            assert info.client is client and not info.owned
+        assert client.status == "running"
+
+
+def test_workers_advertising_gpus_are_detected():
+    from distributed import Client, LocalCluster
+
+    from geoflow._cluster import cluster_client
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      resources={"GPU": 1}, dashboard_address=None) as cluster, \
+            Client(cluster) as client, cluster_client(client) as info:
+        assert info.gpu is True
+        # A task asking for the GPU resource runs there.
+        assert client.submit(sum, [1, 2], resources={"GPU": 1}).result() == 3
+
+
+def test_bad_scheduler_address_is_a_clear_error():
+    from geoflow._cluster import cluster_client
+    from geoflow.errors import GeoflowError
+
+    with pytest.raises(GeoflowError, match="cannot connect to the Dask scheduler"), \
+            cluster_client("tcp://127.0.0.1:9", connect_timeout=1):
+        pass
