@@ -224,6 +224,10 @@ def classify_cmd(
                              client=scheduler, n_workers=workers, stride=stride,
                              max_cloud=max_cloud, chunk_patches=chunk_patches,
                              overwrite=overwrite, progress=bar)
+    _report_run(ds, out, as_json)
+
+
+def _report_run(ds: Any, out: str | None, as_json: bool) -> None:
     report = dict(ds.attrs["run"])
     report["store"] = out
     if as_json:
@@ -232,6 +236,23 @@ def classify_cmd(
         typer.echo(f"map written to {out}: {report['chunks_computed']} chunks computed, "
                    f"{report['chunks_skipped']} already done, {report['km2']:.1f} km² in "
                    f"{report['seconds']:.1f} s ({report['km2_per_s']:.2f} km²/s)")
+
+
+@app.command("run")
+def run_cmd(
+    spec: Path = typer.Argument(..., help="Workflow spec (YAML), e.g. workflows/demo.yaml."),
+    scheduler: str | None = typer.Option(None, "--scheduler",
+                                         help="Dask scheduler address (overrides the spec)."),
+    as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON only."),
+) -> None:
+    """Run a workflow spec: classify its region into its store; rerun to resume."""
+    from geoflow._progress import RunProgress
+    from geoflow.workflow import load_workflow, run_workflow
+
+    wf = load_workflow(spec)
+    with RunProgress(enabled=not as_json) as bar:
+        ds = run_workflow(wf, client=scheduler, progress=bar)
+    _report_run(ds, wf.out_path(), as_json)
 
 
 @app.command("demo")
