@@ -7,9 +7,10 @@ scores the map against the archive's truth land cover.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,31 @@ def ensure_archive(log: Callable[[str], Any] | None = None) -> tuple[Path, dict[
         log(f"serving the sample archive {directory}")
     url = ensure_server(directory)
     return directory, info, url
+
+
+@contextlib.contextmanager
+def served_archive(
+    log: Callable[[str], Any] | None = None,
+) -> Iterator[tuple[Path, dict[str, Any], str]]:
+    """:func:`ensure_archive` as a context: a server it had to start is stopped at exit.
+
+    A server that was already running (a notebook's, another command's) is left running.
+
+    Examples
+    --------
+    >>> with served_archive() as (directory, info, url):  # doctest: +SKIP
+    ...     print(url)
+    """
+    from geoflow.archive import default_archive_dir
+    from geoflow.archive.server import running_server, stop_server
+
+    was_running = running_server(default_archive_dir()) is not None
+    directory, info, url = ensure_archive(log)
+    try:
+        yield directory, info, url
+    finally:
+        if not was_running:
+            stop_server(directory)
 
 
 def map_accuracy(ds: xr.Dataset, truth_path: str | Path) -> float:
@@ -137,17 +163,18 @@ def run_demo(
     from geoflow.export import quicklook_png
     from geoflow.regional import classify_region
 
-    directory, info, url = ensure_archive(log)
-    out = Path(out_dir) if out_dir is not None else directory.parent / "demo"
-    out.mkdir(parents=True, exist_ok=True)
-    store = out / "demo_map.zarr"
-    png = out / "demo_map.png"
-    if log:
-        log(f"classifying {info['demo_bbox']} over {info['datetime']} into {store}")
-    t0 = time.perf_counter()
-    ds = classify_region(info["demo_bbox"], info["datetime"], out=str(store), catalog=url,
-                         model=model, n_workers=n_workers, progress=progress, overwrite=True)
-    seconds = time.perf_counter() - t0
+    with served_archive(log) as (directory, info, url):
+        out = Path(out_dir) if out_dir is not None else directory.parent / "demo"
+        out.mkdir(parents=True, exist_ok=True)
+        store = out / "demo_map.zarr"
+        png = out / "demo_map.png"
+        if log:
+            log(f"classifying {info['demo_bbox']} over {info['datetime']} into {store}")
+        t0 = time.perf_counter()
+        ds = classify_region(info["demo_bbox"], info["datetime"], out=str(store), catalog=url,
+                             model=model, n_workers=n_workers, progress=progress,
+                             overwrite=True)
+        seconds = time.perf_counter() - t0
     run = dict(ds.attrs["run"])
     quicklook_png(ds, png)
     accuracy = map_accuracy(ds, directory / info["truth"])
@@ -164,4 +191,4 @@ def run_demo(
     }
 
 
-__all__ = ["ensure_archive", "map_accuracy", "run_demo"]
+__all__ = ["ensure_archive", "map_accuracy", "run_demo", "served_archive"]
