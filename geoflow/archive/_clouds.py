@@ -68,7 +68,7 @@ class Clouds:
     @property
     def shape(self) -> tuple[int, int]:
         """(H, W) of the layers."""
-        return self.thick.shape  # type: ignore[return-value]
+        return (int(self.thick.shape[0]), int(self.thick.shape[1]))
 
     def to_20m(self) -> Clouds:
         """The layers averaged over 2 x 2 blocks (as the archive's 20 m SCL sees them)."""

@@ -314,8 +314,8 @@ def landcover(seed: int, shape: tuple[int, int]) -> np.ndarray:
     # Highways: two or three across the land, and one into town; interchanges where they meet.
     road = np.zeros((h, w), bool)
     ends = []
-    for k in range(int(rng.integers(2, 4))):
-        if k % 2 == 0:  # west to east
+    for n in range(int(rng.integers(2, 4))):
+        if n % 2 == 0:  # west to east
             p0 = np.array([rng.uniform(0.15, 0.85) * h, -5.0])
             p1 = np.array([rng.uniform(0.15, 0.85) * h, w + 5.0])
         else:  # north to south

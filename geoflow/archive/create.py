@@ -300,8 +300,10 @@ def _run_task(task: tuple[str, int]) -> tuple[tuple[str, int], Any]:
     if kind == "s2":
         return task, _s2_task(i)
     if kind == "s1":
-        return task, _s1_task(i)
-    return task, _truth_task()
+        _s1_task(i)
+    else:
+        _truth_task()
+    return task, None
 
 
 # --------------------------------------------------------------------------- STAC documents
