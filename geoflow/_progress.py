@@ -1,7 +1,8 @@
-"""A rich progress bar for regional runs: chunks, km², elapsed, ETA, dashboard link.
+"""rich progress bars on stderr (so ``--json`` output on stdout stays clean).
 
-Used by the CLI as the ``progress`` callback of :func:`geoflow.regional.classify_region`;
-it writes to stderr so that ``--json`` output on stdout stays clean.
+:func:`progress_bar` is the one bar layout of geoflow (training stages use it directly);
+:class:`RunProgress` is the CLI's ``progress`` callback of
+:func:`geoflow.regional.classify_region`: chunks, km², elapsed, ETA, dashboard link.
 """
 
 from __future__ import annotations
@@ -19,6 +20,20 @@ from rich.progress import (
 )
 
 
+def progress_bar(*extra: TextColumn, console: Console | None = None,
+                 disable: bool = False) -> Progress:
+    """Description, bar, done/total, elapsed and ETA, then the ``extra`` text columns.
+
+    Examples
+    --------
+    >>> with progress_bar(TextColumn("{task.fields[loss]}")) as bar:  # doctest: +SKIP
+    ...     t = bar.add_task("epochs", total=10, loss="")
+    """
+    return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
+                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), *extra,
+                    console=console or Console(stderr=True), disable=disable)
+
+
 class RunProgress:
     """Progress callback showing a rich bar; use as a context manager.
 
@@ -31,18 +46,10 @@ class RunProgress:
     def __init__(self, console: Console | None = None, enabled: bool = True) -> None:
         self.console = console or Console(stderr=True)
         self.enabled = enabled
-        self._bar = Progress(
-            TextColumn("[bold]{task.description}"),
-            BarColumn(),
-            MofNCompleteColumn(),
+        self._bar = progress_bar(
             TextColumn("chunks  {task.fields[km2]:.1f}/{task.fields[km2_total]:.1f} km²"),
             TextColumn("[red]{task.fields[failed]} failed", justify="right"),
-            TimeElapsedColumn(),
-            TextColumn("ETA"),
-            TimeRemainingColumn(),
-            console=self.console,
-            disable=not enabled,
-        )
+            console=self.console, disable=not enabled)
         self._task: Any = None
         self.failed = 0
         self.km2 = 0.0
@@ -72,4 +79,4 @@ class RunProgress:
             self._bar.update(self._task, advance=1, failed=self.failed, km2=self.km2)
 
 
-__all__ = ["RunProgress"]
+__all__ = ["RunProgress", "progress_bar"]

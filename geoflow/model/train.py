@@ -152,20 +152,11 @@ class _Progress:
 
     def __enter__(self) -> _Progress:
         if self.enabled:
-            from rich.console import Console
-            from rich.progress import (
-                BarColumn,
-                MofNCompleteColumn,
-                Progress,
-                TextColumn,
-                TimeElapsedColumn,
-                TimeRemainingColumn,
-            )
+            from rich.progress import TextColumn
 
-            self._p = Progress(TextColumn("{task.description}"), BarColumn(),
-                               MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
-                               TextColumn("{task.fields[info]}"),
-                               console=Console(stderr=True), transient=False)
+            from geoflow._progress import progress_bar
+
+            self._p = progress_bar(TextColumn("{task.fields[info]}"))
             self._p.__enter__()
         return self
 
