@@ -32,6 +32,11 @@ GDAL_SETTINGS: dict[str, str] = {
     "GDAL_HTTP_CONNECTTIMEOUT": "20",
     "VSI_CACHE": "TRUE",
 }
+# Process environment of workers only (rasterio.Env wants an int for it): geoflow.cube keeps
+# assets open across blocks and chunks (one open per asset and worker thread), so bound GDAL's
+# block cache (MB), or decoded blocks of open datasets pile up towards its default of 5 % of
+# RAM per worker as a region is read. GDAL reads it at its first block read.
+WORKER_ENV: dict[str, str] = {"GDAL_CACHEMAX": "128"}
 
 
 def gdal_settings() -> dict[str, str]:
@@ -72,6 +77,8 @@ class WorkerSetup(WorkerPlugin):
 
     def setup(self, worker: Any) -> None:
         os.environ.update(self.gdal)
+        for key, value in WORKER_ENV.items():
+            os.environ.setdefault(key, value)
         threads = self.torch_threads or max(1, int(getattr(worker.state, "nthreads", 1) or 1))
         try:
             import torch
@@ -189,7 +196,7 @@ def cluster_client(
                     processes=True,
                     dashboard_address=":0" if dashboard else None,
                     # Environment for the worker processes from the start: GDAL options too.
-                    env=gdal_settings(),
+                    env={**WORKER_ENV, **gdal_settings()},
                 )
                 owned.append(cluster)
                 cl = Client(cluster)

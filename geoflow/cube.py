@@ -7,6 +7,12 @@ cloud mask; each Sentinel-2 date is paired with the nearest Sentinel-1 acquisiti
 tolerance, converted to dB. All layers share the :class:`~geoflow.grid.GridSpec` pixel grid
 exactly, so a cube of a chunk window is a window of the cube of the whole grid.
 
+Assets on the grid's own pixel lattice (the usual case: a UTM grid at 10 m over Sentinel-2
+tiles of the same zone) are read without a GDAL warp: the window is read as stored and the
+20 m bands are resampled here with GDAL's bilinear rule, giving the same values at about half
+the cost; datasets stay open per worker thread across blocks and chunks. Other assets go
+through stackstac's warped reads.
+
 Examples
 --------
 >>> from geoflow.catalog import search_scenes            # doctest: +SKIP
@@ -18,8 +24,11 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
+import threading
 import warnings
+from collections import OrderedDict
 from collections.abc import Mapping, Sequence
 from types import SimpleNamespace
 from typing import Any
@@ -150,6 +159,9 @@ def _stack(items: list[dict], assets: list[str], grid: GridSpec, chunks: tuple[i
            dtype: str, fill: Any, resampling: Resampling) -> xr.DataArray:
     import stackstac
 
+    fast = _stack_aligned(items, assets, grid, chunks, dtype, fill, resampling)
+    if fast is not None:
+        return fast
     try:
         with warnings.catch_warnings():
             # stackstac 0.5.1 uses affine's deprecated `*` operator (4 warnings per call).
@@ -175,6 +187,281 @@ def _stack(items: list[dict], assets: list[str], grid: GridSpec, chunks: tuple[i
                         hint="report this with the grid's to_dict()")
     return xr.DataArray(arr.data, dims=arr.dims,
                         coords={"id": ("time", list(arr["id"].values))})
+
+
+# --------------------------------------------------------------------------- aligned reads
+# When an asset lies on the grid's own pixel lattice (same CRS, no rotation, pixel size an
+# integer multiple of the grid's, origin on a grid pixel edge) a GDAL warp is not needed: the
+# window is read as is and resampled here. The result equals what stackstac's WarpedVRT gives
+# (GDAL's bilinear kernel with nodata pixels left out and the weights renormalised, rounded to
+# the asset's integer type; nearest = the source pixel under the output pixel's centre), at a
+# fraction of the cost: no VRT, no warp, no per-block transformer. Other assets go through
+# stackstac. Environment ``GEOFLOW_CUBE_READER=stackstac`` forces the general path.
+_MAX_FACTOR = 8
+
+
+def _aligned_factor(asset: Mapping[str, Any], epsg: Any, grid: GridSpec) -> int | None:
+    """The integer ratio asset pixel / grid pixel if ``asset`` is on the grid's lattice."""
+    tf, shape = asset.get("proj:transform"), asset.get("proj:shape")
+    if epsg != grid.epsg or not tf or not shape or len(tf) < 6 or len(shape) != 2:
+        return None
+    a, b, c, d, e, f = (float(v) for v in tf[:6])
+    res = grid.resolution
+    k = round(a / res)
+    if b != 0 or d != 0 or e != -a or not 1 <= k <= _MAX_FACTOR or abs(a - k * res) > 1e-9 * a:
+        return None
+    for offset in ((c - grid.x0) / res, (f - grid.y0) / res):
+        if abs(offset - round(offset)) > 1e-6:
+            return None
+    return k
+
+
+def _axis(start: float, res: float, n: int, src0: float, src_res: float
+          ) -> np.ndarray:
+    """Source pixel coordinates (continuous) of ``n`` output pixel centres along one axis."""
+    return (start + (np.arange(n) + 0.5) * res - src0) / src_res
+
+
+def _read_aligned(href: str, tf: tuple[float, ...], src_shape: tuple[int, int],
+                  block: tuple[float, float, float, int, int], bilinear: bool, dtype: str,
+                  fill: Any) -> np.ndarray:
+    """One grid block (1, 1, h, w) of one aligned asset; nodata and outside it -> ``fill``."""
+    from rasterio.windows import Window
+
+    x0, y0, res, h, w = block
+    a, _, c, _, e, f = tf
+    sx = _axis(x0, res, w, c, a)
+    sy = _axis(-y0, res, h, -f, -e)  # rows grow southwards: flip the sign of y
+    ny, nx = src_shape
+    # GDAL leaves an output pixel empty when its centre falls outside the source raster.
+    inside_x = (sx >= 0) & (sx < nx)
+    inside_y = (sy >= 0) & (sy < ny)
+    out = np.full((h, w), fill, dtype=dtype)
+    if not inside_x.any() or not inside_y.any():
+        return out[None, None]
+    if bilinear:
+        tx, ty = sx - 0.5, sy - 0.5
+        ix0, iy0 = np.floor(tx).astype(np.int64), np.floor(ty).astype(np.int64)
+        wx1, wy1 = tx - ix0, ty - iy0
+        cols = [(ix0, 1.0 - wx1), (ix0 + 1, wx1)]
+        rows = [(iy0, 1.0 - wy1), (iy0 + 1, wy1)]
+    else:
+        cols = [(np.floor(sx).astype(np.int64), np.ones(w))]
+        rows = [(np.floor(sy).astype(np.int64), np.ones(h))]
+    lo_c = max(0, int(min(i[inside_x].min() for i, _ in cols)))
+    hi_c = min(nx, int(max(i[inside_x].max() for i, _ in cols)) + 1)
+    lo_r = max(0, int(min(i[inside_y].min() for i, _ in rows)))
+    hi_r = min(ny, int(max(i[inside_y].max() for i, _ in rows)) + 1)
+    data, nodata = _read_window(href, Window(lo_c, lo_r, hi_c - lo_c, hi_r - lo_r))
+    if nodata is None:
+        valid = np.ones(data.shape, dtype=bool)
+    elif np.isnan(nodata):
+        valid = ~np.isnan(data)
+    else:
+        valid = data != nodata
+    inside = inside_y[:, None] & inside_x[None, :]
+    if len(rows) == 1 or (not (rows[1][1].any() or cols[1][1].any())):
+        # Nearest, or bilinear exactly on the source pixel centres (same pixel size): a copy.
+        ri = np.clip(rows[0][0] - lo_r, 0, hi_r - lo_r - 1)
+        ci = np.clip(cols[0][0] - lo_c, 0, hi_c - lo_c - 1)
+        sel = data[np.ix_(ri, ci)] if (len(ri) != data.shape[0] or len(ci) != data.shape[1]
+                                       or ri[0] != 0 or ci[0] != 0) else data
+        ok = inside & valid[np.ix_(ri, ci)]
+        out[ok] = sel[ok].astype(dtype)
+        return out[None, None]
+    # Bilinear, separably: rows first, then columns, for the weighted values and the weights
+    # of valid pixels; neighbours outside the raster weigh 0. Integer DNs of up to 16 bits
+    # times these weights (multiples of 1/16 for a factor of 2 or 4) are exact in float32,
+    # so the rounding matches GDAL's double arithmetic; anything else works in float64.
+    k = round(a / res)
+    work = np.float32 if (np.issubdtype(data.dtype, np.integer) and data.itemsize <= 2
+                          and k in (2, 4)) else np.float64
+    values = np.where(valid, data, 0).astype(work)
+    weight = valid.astype(work)
+
+    def taps(idx: np.ndarray, wgt: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
+        ok_ = (idx >= lo) & (idx < hi)
+        return np.clip(idx - lo, 0, hi - lo - 1), np.where(ok_, wgt, 0.0).astype(work)
+
+    (r0, rw0), (r1, rw1) = (taps(i, wt, lo_r, hi_r) for i, wt in rows)
+    (c0, cw0), (c1, cw1) = (taps(i, wt, lo_c, hi_c) for i, wt in cols)
+    num_r = values[r0] * rw0[:, None] + values[r1] * rw1[:, None]
+    den_r = weight[r0] * rw0[:, None] + weight[r1] * rw1[:, None]
+    num = num_r[:, c0] * cw0 + num_r[:, c1] * cw1
+    den = den_r[:, c0] * cw0 + den_r[:, c1] * cw1
+    # GDAL also leaves a pixel empty when the source pixel under its centre is nodata.
+    centre = valid[np.ix_(np.clip(np.floor(sy).astype(np.int64) - lo_r, 0, hi_r - lo_r - 1),
+                          np.clip(np.floor(sx).astype(np.int64) - lo_c, 0, hi_c - lo_c - 1))]
+    ok = (den > 1e-5) & inside & centre
+    val = num[ok].astype(np.float64) / den[ok]
+    if np.issubdtype(data.dtype, np.integer):
+        info = np.iinfo(data.dtype)
+        val = np.clip(np.floor(val + 0.5), info.min, info.max)
+    out[ok] = val.astype(dtype)
+    return out[None, None]
+
+
+#: Open datasets kept per thread during a read session (a regional run on a worker, whose
+#: GDAL block cache is bounded by geoflow._cluster.WORKER_ENV): an asset is opened once per
+#: worker thread, not once per block and chunk (an open costs a request and a header parse).
+#: GDAL datasets are not thread-safe, hence one cache per thread; a failed read drops the
+#: entry. Outside a session every read opens and closes its dataset.
+MAX_OPEN_DATASETS = 192
+_OPEN = threading.local()
+_SESSION: list[str | None] = [None]
+
+
+def read_session(token: str | None) -> None:
+    """Start a read session: datasets kept open under another token are opened again.
+
+    A regional run sets one token for all its chunks, so assets are opened once per worker
+    thread and run, and a new run sees the assets as they are now (a fixed or a newly broken
+    server), not handles and blocks cached by an earlier run.
+
+    Examples
+    --------
+    >>> read_session("run-1")
+    """
+    _SESSION[0] = token
+
+
+def _open_cached(href: str) -> Any:
+    import rasterio
+
+    cache: OrderedDict[str, Any] = _OPEN.__dict__.setdefault("cache", OrderedDict())
+    src = cache.get(href)
+    if (src is not None and not src.closed and _same_file(src, href)
+            and getattr(src, "geoflow_session", None) == _SESSION[0]):
+        cache.move_to_end(href)
+        return src
+    if src is not None:
+        _forget(href)
+    src = rasterio.open(href)
+    src.geoflow_stat = _stat(href)
+    src.geoflow_session = _SESSION[0]
+    cache[href] = src
+    while len(cache) > MAX_OPEN_DATASETS:
+        cache.popitem(last=False)[1].close()
+    return src
+
+
+def _read_window(href: str, window: Any) -> tuple[np.ndarray, Any]:
+    """Band 1 in ``window`` and the nodata value; a kept-open dataset inside a read session."""
+    import rasterio
+
+    try:
+        if _SESSION[0] is None:  # outside a regional run: open, read, close
+            with rasterio.open(href) as src:
+                return src.read(1, window=window), src.nodata
+        try:
+            src = _open_cached(href)
+            return src.read(1, window=window), src.nodata
+        except Exception:
+            # A handle kept from an earlier chunk can be stale (server restarted): open afresh
+            # once; a real fault then fails with the open's own message (HTTP status).
+            _forget(href)
+            src = _open_cached(href)
+            return src.read(1, window=window), src.nodata
+    except Exception as err:
+        _forget(href)
+        raise RuntimeError(f"Error reading {href!r}: {err!r}") from err
+
+
+def _stat(href: str) -> tuple[int, int] | None:
+    """(mtime, size) of a local file; None for URLs (remote assets are immutable objects)."""
+    import os
+
+    path = href[7:] if href.startswith("file://") else href
+    if "://" in path:
+        return None
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return (st.st_mtime_ns, st.st_size)
+
+
+def _same_file(src: Any, href: str) -> bool:
+    # A local file rewritten in place (a regenerated archive) must not be read from the old
+    # handle, which would still see the old inode.
+    return getattr(src, "geoflow_stat", None) == _stat(href)
+
+
+def _forget(href: str) -> None:
+    cache = getattr(_OPEN, "cache", None)
+    src = cache.pop(href, None) if cache is not None else None
+    if src is not None:
+        with contextlib.suppress(Exception):
+            src.close()
+
+
+def close_datasets() -> None:
+    """Close the datasets this thread keeps open (tests and long-lived workers may call it).
+
+    Examples
+    --------
+    >>> close_datasets()
+    """
+    cache = getattr(_OPEN, "cache", None)
+    while cache:
+        with contextlib.suppress(Exception):
+            cache.popitem()[1].close()
+
+
+def _fill_block(h: int, w: int, dtype: str, fill: Any) -> np.ndarray:
+    return np.full((1, 1, h, w), fill, dtype=dtype)
+
+
+def _stack_aligned(items: list[dict], assets: list[str], grid: GridSpec, chunks: tuple[int, int],
+                   dtype: str, fill: Any, resampling: Resampling) -> xr.DataArray | None:
+    """Like :func:`_stack` for assets on the grid's lattice; None if any asset is not."""
+    import os
+
+    from dask.base import tokenize
+    from dask.highlevelgraph import HighLevelGraph
+
+    if os.environ.get("GEOFLOW_CUBE_READER", "").lower() == "stackstac":
+        return None
+    if resampling not in (Resampling.bilinear, Resampling.nearest):
+        return None
+    specs: list[list[tuple[str, tuple[float, ...], tuple[int, int]]]] = []
+    for it in items:
+        row = []
+        for key in assets:
+            asset = it["assets"][key]
+            if _aligned_factor(asset, it["properties"].get("proj:epsg"), grid) is None:
+                return None
+            row.append((str(asset["href"]), tuple(float(v) for v in asset["proj:transform"][:6]),
+                        (int(asset["proj:shape"][0]), int(asset["proj:shape"][1]))))
+        specs.append(row)
+    cy, cx = chunks
+    ny, nx = grid.shape
+    ys = [(r, min(cy, ny - r)) for r in range(0, ny, cy)]
+    xs = [(c, min(cx, nx - c)) for c in range(0, nx, cx)]
+    bilinear = resampling == Resampling.bilinear
+    name = "geoflow-read-" + tokenize(specs, grid.to_dict(), chunks, dtype, str(fill), bilinear)
+    res = grid.resolution
+    dsk: dict[Any, Any] = {}
+    for i, row in enumerate(specs):
+        for j, (href, tf, shape) in enumerate(row):
+            a, c, f = tf[0], tf[2], tf[5]
+            sw, se, sn, ss = c, c + shape[1] * a, f, f - shape[0] * a
+            for bi, (r, h) in enumerate(ys):
+                for bj, (col, w) in enumerate(xs):
+                    bx0, by0 = grid.x0 + col * res, grid.y0 - r * res
+                    # Blocks the asset does not reach: no open, no request.
+                    if sw >= bx0 + w * res or se <= bx0 or ss >= by0 or sn <= by0 - h * res:
+                        dsk[(name, i, j, bi, bj)] = (_fill_block, h, w, dtype, fill)
+                    else:
+                        dsk[(name, i, j, bi, bj)] = (_read_aligned, href, tf, shape,
+                                                     (bx0, by0, res, h, w), bilinear, dtype,
+                                                     fill)
+    chunks4 = ((1,) * len(items), (1,) * len(assets), tuple(h for _, h in ys),
+               tuple(w for _, w in xs))
+    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+    arr = da.Array(graph, name, chunks=chunks4, dtype=dtype)
+    return xr.DataArray(arr, dims=("time", "band", "y", "x"),
+                        coords={"id": ("time", [it["id"] for it in items])})
 
 
 def _mosaic(arr: xr.DataArray, groups: list[list[str]], nodata: Any) -> list[Any]:
@@ -402,4 +689,5 @@ def build_cube(
     return ds
 
 
-__all__ = ["POLARIZATIONS", "SCL_ASSET", "build_cube", "s2_offset", "solar_day"]
+__all__ = ["POLARIZATIONS", "SCL_ASSET", "build_cube", "close_datasets", "read_session",
+           "s2_offset", "solar_day"]

@@ -181,6 +181,8 @@ class _TaskSpec:
     backoff: float = BACKOFF_S
     io_threads: int = IO_THREADS
     gdal: dict[str, str] = field(default_factory=dict)
+    #: Token of the run: workers keep assets open across the run's chunks, not across runs.
+    session: str = ""
 
 
 def _overlaps(item: dict, bbox: Sequence[float]) -> bool:
@@ -223,10 +225,11 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec) -> dic
     import rasterio
 
     from geoflow.catalog import SceneSet
-    from geoflow.cube import build_cube
+    from geoflow.cube import build_cube, read_session
     from geoflow.infer import classify_window, get_model
 
     t0 = time.perf_counter()
+    read_session(spec.session or None)
     store = _open_store(spec.store_path)
     if not any(_overlaps(it, chunk.read_grid.bbox_lonlat) for it in scenes["s2"]):
         # A chunk beyond the scenes' footprints (the region's edge past the archive): a valid,
@@ -540,7 +543,8 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], store
                        km2=float(grid.area_km2))
     spec = _TaskSpec(model_path=model_path, store_path=store_path, stride=stride,
                      batch_size=batch_size, device=device or "auto",
-                     n_classes=len(loaded.classes), gdal=gdal, **_retry_settings())
+                     n_classes=len(loaded.classes), gdal=gdal,
+                     session=f"{store_path}@{os.getpid()}.{time.time_ns()}", **_retry_settings())
 
     with cluster_client(client, n_workers=n_workers) as info:
         report.dashboard = info.dashboard
