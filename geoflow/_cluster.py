@@ -194,7 +194,9 @@ def cluster_client(
                     n_workers=n,
                     threads_per_worker=1,
                     processes=True,
-                    dashboard_address=":0" if dashboard else None,
+                    # Loopback only: scheduler, workers and dashboard are this machine's.
+                    host="127.0.0.1",
+                    dashboard_address="127.0.0.1:0" if dashboard else None,
                     # Environment for the worker processes from the start: GDAL options too.
                     env={**WORKER_ENV, **gdal_settings()},
                 )

@@ -60,3 +60,23 @@ def test_bad_scheduler_address_is_a_clear_error():
     with pytest.raises(GeoflowError, match="cannot connect to the Dask scheduler"), \
             cluster_client("tcp://127.0.0.1:9", connect_timeout=1):
         pass
+
+
+def test_a_new_local_cluster_listens_on_loopback_only(monkeypatch):
+    from urllib.parse import urlparse
+
+    import psutil
+
+    from geoflow._cluster import cluster_client
+
+    monkeypatch.setattr("geoflow._cluster._current_client", lambda: None)
+    with cluster_client(None, n_workers=1) as info:
+        assert info.owned
+        assert info.client.scheduler.address.startswith("tcp://127.0.0.1:")
+        workers = info.client.scheduler_info()["workers"]
+        assert workers and all(a.startswith("tcp://127.0.0.1:") for a in workers)
+        # The bound sockets, not the advertised link: ":0" would listen on every interface.
+        port = urlparse(info.dashboard).port
+        bound = {c.laddr.ip for c in psutil.net_connections("tcp")
+                 if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
+        assert bound == {"127.0.0.1"}
