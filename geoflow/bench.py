@@ -198,58 +198,60 @@ def run_bench(
     True
     """
     from geoflow._cluster import cluster_client
-    from geoflow.demo import ensure_archive
+    from geoflow.demo import served_archive
     from geoflow.model import DEFAULT_CHECKPOINT
     from geoflow.regional import classify_region
 
     say = log or (lambda _msg: None)
-    _directory, info, url = ensure_archive(log)
-    dates = info["datetime"]
-    bbox4 = _sub_bbox(info["demo_bbox"], _FRACTION_4X)
-    bbox1 = _sub_bbox(info["demo_bbox"], _FRACTION_1X)
-    model_path = str(model) if model is not None else str(DEFAULT_CHECKPOINT)
-    tmp = tempfile.mkdtemp(prefix="geoflow-bench-")
-    try:
-        with cluster_client(None, n_workers=n_workers, dashboard=False) as cl:
-            client = cl.client
-            say(f"warming up {cl.n_workers} workers")
-            classify_region(_sub_bbox(bbox1, 0.3), dates, out=os.path.join(tmp, "warm.zarr"),
-                            catalog=url, client=client, model=model_path)
-            device = sorted(set(client.run(_worker_device, model_path).values()))
+    # A server this run had to start is stopped at the end; the figures are plain numbers.
+    with served_archive(log) as (_directory, info, url):
+        dates = info["datetime"]
+        bbox4 = _sub_bbox(info["demo_bbox"], _FRACTION_4X)
+        bbox1 = _sub_bbox(info["demo_bbox"], _FRACTION_1X)
+        model_path = str(model) if model is not None else str(DEFAULT_CHECKPOINT)
+        tmp = tempfile.mkdtemp(prefix="geoflow-bench-")
+        try:
+            with cluster_client(None, n_workers=n_workers, dashboard=False) as cl:
+                client = cl.client
+                say(f"warming up {cl.n_workers} workers")
+                classify_region(_sub_bbox(bbox1, 0.3), dates, out=os.path.join(tmp, "warm.zarr"),
+                                catalog=url, client=client, model=model_path)
+                device = sorted(set(client.run(_worker_device, model_path).values()))
 
-            say(f"end to end, 1x region {bbox1}")
-            with PeakRSS() as rss1:
-                t0 = time.perf_counter()
-                ds1 = classify_region(bbox1, dates, out=os.path.join(tmp, "e2e1.zarr"),
-                                      catalog=url, client=client, model=model_path)
-                e2e_s = time.perf_counter() - t0
+                say(f"end to end, 1x region {bbox1}")
+                with PeakRSS() as rss1:
+                    t0 = time.perf_counter()
+                    ds1 = classify_region(bbox1, dates, out=os.path.join(tmp, "e2e1.zarr"),
+                                          catalog=url, client=client, model=model_path)
+                    e2e_s = time.perf_counter() - t0
 
-            km2_1 = dict(ds1.attrs["run"])["km2"]
+                km2_1 = dict(ds1.attrs["run"])["km2"]
 
-            say(f"end to end, 4x region {bbox4}")
-            with PeakRSS() as rss4:
-                t0 = time.perf_counter()
-                ds4 = classify_region(bbox4, dates, out=os.path.join(tmp, "e2e4.zarr"),
-                                      catalog=url, client=client, model=model_path)
-                e2e4_s = time.perf_counter() - t0
-            km2_4 = dict(ds4.attrs["run"])["km2"]
+                say(f"end to end, 4x region {bbox4}")
+                with PeakRSS() as rss4:
+                    t0 = time.perf_counter()
+                    ds4 = classify_region(bbox4, dates, out=os.path.join(tmp, "e2e4.zarr"),
+                                          catalog=url, client=client, model=model_path)
+                    e2e4_s = time.perf_counter() - t0
+                km2_4 = dict(ds4.attrs["run"])["km2"]
 
-            # Same patches, same workers, same model code; only the reading and writing left
-            # out. The 4x region amortises the per-run costs (search, store template, opening
-            # the result), which weigh on a region of a few chunks.
-            say("model only: the 1x region's chunk cubes in worker memory")
-            model_s, patch = _model_only(client, bbox1, dates, url, model_path)
-            say("model only: the 4x region's chunk cubes in worker memory")
-            model4_s, _ = _model_only(client, bbox4, dates, url, model_path)
+                # Same patches, same workers, same model code; only the reading and writing left
+                # out. The 4x region amortises the per-run costs (search, store template, opening
+                # the result), which weigh on a region of a few chunks.
+                say("model only: the 1x region's chunk cubes in worker memory")
+                model_s, patch = _model_only(client, bbox1, dates, url, model_path)
+                say("model only: the 4x region's chunk cubes in worker memory")
+                model4_s, _ = _model_only(client, bbox4, dates, url, model_path)
 
-        say("baseline: whole cube in memory, one process (1x, then 4x for its memory)")
-        with PeakRSS() as rss_base:
-            base_s = _baseline(bbox1, dates, url, model_path, patch, os.path.join(tmp, "b.zarr"))
-        with PeakRSS() as rss_base4:
-            base4_s = _baseline(bbox4, dates, url, model_path, patch,
-                                os.path.join(tmp, "b4.zarr"))
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+            say("baseline: whole cube in memory, one process (1x, then 4x for its memory)")
+            with PeakRSS() as rss_base:
+                base_s = _baseline(bbox1, dates, url, model_path, patch,
+                                   os.path.join(tmp, "b.zarr"))
+            with PeakRSS() as rss_base4:
+                base4_s = _baseline(bbox4, dates, url, model_path, patch,
+                                    os.path.join(tmp, "b4.zarr"))
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
 
     e2e = km2_1 / e2e_s
     model_only = km2_1 / model_s
