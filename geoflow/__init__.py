@@ -24,7 +24,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 _LAZY = {
     "classify_region": ("geoflow.regional", "classify_region"),
-    "plot": ("geoflow.plot", "plot"),
+    "plot": ("geoflow._plot", "plot"),
 }
 
 

@@ -24,8 +24,8 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geoflow._plot import class_legend, pick_layer, plot
 from geoflow.errors import StoreError
-from geoflow.plot import class_legend, pick_layer, plot
 
 NODATA = 255
 

@@ -7,7 +7,7 @@ Examples
 >>> import matplotlib
 >>> matplotlib.use("Agg")
 >>> import numpy as np, xarray as xr
->>> from geoflow.plot import plot
+>>> from geoflow import plot
 >>> m = xr.Dataset({"summary_class": (("y", "x"), np.array([[0, 1], [2, 255]], "uint8"))},
 ...                coords={"y": [15.0, 5.0], "x": [5.0, 15.0]},
 ...                attrs={"classes": ["Barren", "Water", "Road"],
@@ -19,8 +19,6 @@ Examples
 
 from __future__ import annotations
 
-import sys
-import types
 from typing import Any
 
 import numpy as np
@@ -190,16 +188,5 @@ def plot(map_ds: xr.Dataset | xr.DataArray, time: int | str | Any | None = None,
         ax.tick_params(labelsize="x-small")
     return ax
 
-
-class _CallableModule(types.ModuleType):
-    """Once this module is imported, ``geoflow.plot`` names the module, not the function
-    (a submodule binding beats the package's lazy ``__getattr__``). Making the module
-    callable keeps ``geoflow.plot(map)`` working either way."""
-
-    def __call__(self, *args: Any, **kwargs: Any) -> Any:
-        return plot(*args, **kwargs)
-
-
-sys.modules[__name__].__class__ = _CallableModule
 
 __all__ = ["class_legend", "pick_layer", "plot"]
