@@ -218,22 +218,18 @@ def run_bench(
                                 catalog=url, client=client, model=model_path)
                 device = sorted(set(client.run(_worker_device, model_path).values()))
 
-                say(f"end to end, 1x region {bbox1}")
-                with PeakRSS() as rss1:
-                    t0 = time.perf_counter()
-                    ds1 = classify_region(bbox1, dates, out=os.path.join(tmp, "e2e1.zarr"),
-                                          catalog=url, client=client, model=model_path)
-                    e2e_s = time.perf_counter() - t0
+                def end_to_end(bbox: Sequence[float], name: str) -> tuple[float, float, float]:
+                    """km², seconds and peak RSS (MB) of one classify_region run."""
+                    say(f"end to end, {name} region {bbox}")
+                    with PeakRSS() as rss:
+                        t0 = time.perf_counter()
+                        ds = classify_region(bbox, dates, out=os.path.join(tmp, f"{name}.zarr"),
+                                             catalog=url, client=client, model=model_path)
+                        seconds = time.perf_counter() - t0
+                    return dict(ds.attrs["run"])["km2"], seconds, rss.mb
 
-                km2_1 = dict(ds1.attrs["run"])["km2"]
-
-                say(f"end to end, 4x region {bbox4}")
-                with PeakRSS() as rss4:
-                    t0 = time.perf_counter()
-                    ds4 = classify_region(bbox4, dates, out=os.path.join(tmp, "e2e4.zarr"),
-                                          catalog=url, client=client, model=model_path)
-                    e2e4_s = time.perf_counter() - t0
-                km2_4 = dict(ds4.attrs["run"])["km2"]
+                km2_1, e2e_s, rss1_mb = end_to_end(bbox1, "1x")
+                km2_4, e2e4_s, rss4_mb = end_to_end(bbox4, "4x")
 
                 # Same patches, same workers, same model code; only the reading and writing left
                 # out. The 4x region amortises the per-run costs (search, store template, opening
@@ -260,8 +256,8 @@ def run_bench(
         "e2e_km2_per_s": round(e2e, 3),
         "model_only_km2_per_s": round(model_only, 3),
         "efficiency": round(e2e / model_only, 3),
-        "peak_rss_mb_1x": round(rss1.mb, 1),
-        "peak_rss_mb_4x": round(rss4.mb, 1),
+        "peak_rss_mb_1x": round(rss1_mb, 1),
+        "peak_rss_mb_4x": round(rss4_mb, 1),
         "baseline_km2_per_s": round(baseline, 3),
         "speedup_vs_baseline": round(e2e / baseline, 3),
         "device": ",".join(device),
