@@ -22,7 +22,7 @@ from rich.progress import (
 
 def progress_bar(*extra: TextColumn, console: Console | None = None,
                  disable: bool = False) -> Progress:
-    """Description, bar, done/total, elapsed and ETA, then the ``extra`` text columns.
+    """Description, bar, done/total, the ``extra`` text columns, then elapsed and ETA.
 
     Examples
     --------
@@ -30,7 +30,7 @@ def progress_bar(*extra: TextColumn, console: Console | None = None,
     ...     t = bar.add_task("epochs", total=10, loss="")
     """
     return Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                    TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(), *extra,
+                    *extra, TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                     console=console or Console(stderr=True), disable=disable)
 
 

@@ -37,7 +37,7 @@ def ensure_archive(log: Callable[[str], Any] | None = None) -> tuple[Path, dict[
     meta = directory / "archive.json"
     if not meta.exists():
         if log:
-            log(f"creating the sample archive in {directory} (once; about a minute)")
+            log(f"creating the sample archive in {directory} (once; under a minute)")
         create_archive(directory)
     try:
         info = json.loads(meta.read_text())
