@@ -398,18 +398,8 @@ def _s2_item(i: int, t: int, sz: _Size, scl_counts: list[int]) -> dict[str, Any]
         "s2:mean_solar_zenith": 33.4,
         "s2:mean_solar_azimuth": 163.2,
     }
-    return {
-        "type": "Feature",
-        "stac_version": "1.0.0",
-        "stac_extensions": [_EXT["eo"], _EXT["proj"], _EXT["raster"], _EXT["sat"]],
-        "id": item_id,
-        "collection": S2_COLLECTION,
-        "bbox": bbox,
-        "geometry": geom,
-        "properties": props,
-        "links": [],
-        "assets": assets,
-    }
+    return _feature(item_id, S2_COLLECTION, ("eo", "proj", "raster", "sat"), bbox, geom, props,
+                    assets)
 
 
 def _s1_item(j: int, sz: _Size) -> dict[str, Any]:
@@ -450,12 +440,20 @@ def _s1_item(j: int, sz: _Size) -> dict[str, Any]:
         "s1:product_timeliness": "Fast-24h",
         "proj:epsg": EPSG,
     }
+    return _feature(item_id, S1_COLLECTION, ("proj", "raster", "sat", "sar"), bbox, geom, props,
+                    assets)
+
+
+def _feature(item_id: str, collection: str, extensions: tuple[str, ...], bbox: list[float],
+             geom: dict[str, Any], props: dict[str, Any], assets: dict[str, Any]
+             ) -> dict[str, Any]:
+    """A STAC item dict with the given extensions (keys of ``_EXT``)."""
     return {
         "type": "Feature",
         "stac_version": "1.0.0",
-        "stac_extensions": [_EXT["proj"], _EXT["raster"], _EXT["sat"], _EXT["sar"]],
+        "stac_extensions": [_EXT[e] for e in extensions],
         "id": item_id,
-        "collection": S1_COLLECTION,
+        "collection": collection,
         "bbox": bbox,
         "geometry": geom,
         "properties": props,
