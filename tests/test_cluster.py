@@ -80,3 +80,38 @@ def test_a_new_local_cluster_listens_on_loopback_only(monkeypatch):
         bound = {c.laddr.ip for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
         assert bound == {"127.0.0.1"}
+
+
+_FAULTS = """
+import resource, sys
+import numpy as np
+from geoflow._cluster import tune_malloc
+
+def faults():
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(100):
+        a = np.ones(2**17)  # 1 MB, allocated and freed again and again like a chunk's arrays
+        del a
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+plain = faults()
+assert tune_malloc()
+print(plain, faults())
+"""
+
+
+@pytest.mark.skipif(not (hasattr(os, "confstr") and "glibc" in
+                         (os.confstr("CS_GNU_LIBC_VERSION") or "").lower()),
+                    reason="mallopt is glibc's")
+def test_tuned_malloc_stops_page_faults_from_dask_trim_setting():
+    """Dask's nanny sets MALLOC_TRIM_THRESHOLD_, which pins the mmap threshold at 128 KiB:
+    every big array is a fresh mmap, zero-filled page by page. tune_malloc undoes that."""
+    import subprocess
+    import sys
+
+    env = {**os.environ, "MALLOC_TRIM_THRESHOLD_": "65536"}
+    out = subprocess.run([sys.executable, "-c", _FAULTS], env=env, capture_output=True,
+                         text=True, check=True, timeout=120)
+    plain, tuned = (int(v) for v in out.stdout.split())
+    assert plain > 100 * 100  # a 1 MB array is 256 pages, faulted in again every time
+    assert tuned < plain / 20
