@@ -144,6 +144,31 @@ def test_assets_answer_range_requests(stac_url: str, small_archive: Path) -> Non
     assert body == data[100:1124]
 
 
+def test_assets_answer_every_range_form_like_an_object_store(stac_url: str,
+                                                            small_archive: Path) -> None:
+    href, local = _first_asset(stac_url, small_archive)
+    data = local.read_bytes()
+    n = len(data)
+    status, headers, body = _get(href)
+    assert (status, body, headers["content-length"]) == (200, data, str(n))
+    assert headers["accept-ranges"] == "bytes"
+    req = urllib.request.Request(href, method="HEAD")
+    with urllib.request.urlopen(req, timeout=30) as resp:
+        assert (resp.status, resp.headers["content-length"], resp.read()) == (200, str(n), b"")
+    for rng, part in (("bytes=-100", data[-100:]), (f"bytes={n - 10}-", data[-10:]),
+                      (f"bytes=5-{n + 1000}", data[5:])):
+        status, headers, body = _get(href, {"Range": rng})
+        assert (status, body) == (206, part), rng
+        assert headers["content-range"] == f"bytes {n - len(part)}-{n - 1}/{n}", rng
+    # Several ranges at once: a multipart answer (handed to Starlette).
+    status, headers, body = _get(href, {"Range": "bytes=0-9,20-29"})
+    assert status == 206 and headers["content-type"].startswith("multipart/byteranges")
+    assert data[:10] in body and data[20:30] in body
+    with pytest.raises(urllib.error.HTTPError) as err:
+        _get(href, {"Range": f"bytes={n + 5}-{n + 10}"})
+    assert err.value.code == 416
+
+
 def test_gdal_vsicurl_reads_the_same_values_as_disk(stac_url: str, small_archive: Path) -> None:
     href, local = _first_asset(stac_url, small_archive)
     with (rasterio.Env(GDAL_DISABLE_READDIR_ON_OPEN="EMPTY_DIR"),
