@@ -9,9 +9,12 @@ exactly, so a cube of a chunk window is a window of the cube of the whole grid.
 
 Assets on the grid's own pixel lattice (the usual case: a UTM grid at 10 m over Sentinel-2
 tiles of the same zone) are read without a GDAL warp: the window is read as stored and the
-20 m bands are resampled here with GDAL's bilinear rule, giving the same values at about half
-the cost; datasets stay open per worker thread across blocks and chunks. Other assets go
-through stackstac's warped reads.
+20 m bands are resampled here with GDAL's bilinear rule (bit for bit), by strided slices
+rather than gathers. One task per solar day (or Sentinel-1 pass) and block reads, scales and
+mosaics all its items, skipping an item wherever earlier ones already filled the block;
+datasets stay open per worker across blocks, chunks and I/O threads. Together this reads a
+chunk at about a quarter of the cost of stackstac's warped graph, which other assets go
+through.
 
 Examples
 --------
@@ -159,9 +162,6 @@ def _stack(items: list[dict], assets: list[str], grid: GridSpec, chunks: tuple[i
            dtype: str, fill: Any, resampling: Resampling) -> xr.DataArray:
     import stackstac
 
-    fast = _stack_aligned(items, assets, grid, chunks, dtype, fill, resampling)
-    if fast is not None:
-        return fast
     try:
         with warnings.catch_warnings():
             # stackstac 0.5.1 uses affine's deprecated `*` operator (4 warnings per call).
@@ -222,6 +222,50 @@ def _axis(start: float, res: float, n: int, src0: float, src_res: float
     return (start + (np.arange(n) + 0.5) * res - src0) / src_res
 
 
+def _phases(idx: np.ndarray, k: int) -> list[tuple[int, slice | np.ndarray]]:
+    """Split taps ``idx`` into ``k`` phases: ``(p, source)``, a slice where the phase is steady.
+
+    Upsampling by an integer factor ``k`` repeats its taps every ``k`` output pixels, so
+    phase ``p`` (outputs ``p::k``) reads source pixels ``idx[p] + m``: a contiguous slice and
+    a strided store instead of a gather, several times faster on a 512 px block.
+    """
+    out: list[tuple[int, slice | np.ndarray]] = []
+    for p in range(min(k, len(idx))):
+        a = idx[p::k]
+        steady = np.array_equal(a, a[0] + np.arange(len(a)))
+        out.append((p, slice(int(a[0]), int(a[0]) + len(a)) if steady else a))
+    return out
+
+
+def _take_axis(v: np.ndarray, idx: np.ndarray, axis: int, k: int) -> np.ndarray:
+    """``np.take(v, idx, axis)`` for the taps of an integer upsampling factor ``k``."""
+    shape = list(v.shape)
+    shape[axis] = len(idx)
+    out = np.empty(shape, dtype=v.dtype)
+    lead = (slice(None),) * axis  # index along `axis` in place: no transposed temporaries
+    for p, source in _phases(idx, k):
+        out[(*lead, slice(p, None, k))] = v[(*lead, source)]
+    return out
+
+
+def _interp_axis(v: np.ndarray, i0: np.ndarray, w0: np.ndarray, i1: np.ndarray,
+                 w1: np.ndarray, axis: int, k: int) -> np.ndarray:
+    """``v[i0] * w0 + v[i1] * w1`` along ``axis`` for the taps of an upsampling factor ``k``."""
+    shape = list(v.shape)
+    shape[axis] = len(i0)
+    out = np.empty(shape, dtype=v.dtype)
+    lead = (slice(None),) * axis  # index along `axis` in place: no transposed temporaries
+    trail = (None,) * (v.ndim - 1 - axis)  # weights broadcast along `axis`
+    for (p, s0), (_, s1) in zip(_phases(i0, k), _phases(i1, k), strict=True):
+        b0, b1 = w0[p::k], w1[p::k]
+        if (b0 == b0[0]).all() and (b1 == b1[0]).all():
+            b0, b1 = b0[:1], b1[:1]
+        dst = out[(*lead, slice(p, None, k))]
+        np.multiply(v[(*lead, s0)], b0[(slice(None), *trail)], out=dst)
+        dst += v[(*lead, s1)] * b1[(slice(None), *trail)]
+    return out
+
+
 def _read_aligned(href: str, tf: tuple[float, ...], src_shape: tuple[int, int],
                   block: tuple[float, float, float, int, int], bilinear: bool, dtype: str,
                   fill: Any) -> np.ndarray:
@@ -259,55 +303,78 @@ def _read_aligned(href: str, tf: tuple[float, ...], src_shape: tuple[int, int],
         valid = ~np.isnan(data)
     else:
         valid = data != nodata
-    inside = inside_y[:, None] & inside_x[None, :]
+    # The usual block lies inside the raster with no nodata: no masks to apply.
+    clean = bool(inside_x.all() and inside_y.all() and valid.all())
+    k = max(1, round(a / res))
     if len(rows) == 1 or (not (rows[1][1].any() or cols[1][1].any())):
         # Nearest, or bilinear exactly on the source pixel centres (same pixel size): a copy.
         ri = np.clip(rows[0][0] - lo_r, 0, hi_r - lo_r - 1)
         ci = np.clip(cols[0][0] - lo_c, 0, hi_c - lo_c - 1)
-        sel = data[np.ix_(ri, ci)] if (len(ri) != data.shape[0] or len(ci) != data.shape[1]
-                                       or ri[0] != 0 or ci[0] != 0) else data
-        ok = inside & valid[np.ix_(ri, ci)]
-        out[ok] = sel[ok].astype(dtype)
+        whole = not (len(ri) != data.shape[0] or len(ci) != data.shape[1]
+                     or ri[0] != 0 or ci[0] != 0)
+        sel = data if whole else _take_axis(_take_axis(data, ri, 0, k), ci, 1, k)
+        if clean:
+            out[...] = sel
+        else:
+            ok = (inside_y[:, None] & inside_x[None, :]
+                  & (valid if whole else valid[np.ix_(ri, ci)]))
+            # copyto, not boolean indexing: no gathered temporaries.
+            np.copyto(out, sel, where=ok, casting="unsafe")
         return out[None, None]
     # Bilinear, separably: rows first, then columns, for the weighted values and the weights
     # of valid pixels; neighbours outside the raster weigh 0. Integer DNs of up to 16 bits
     # times these weights (multiples of 1/16 for a factor of 2 or 4) are exact in float32,
     # so the rounding matches GDAL's double arithmetic; anything else works in float64.
-    k = round(a / res)
     work = np.float32 if (np.issubdtype(data.dtype, np.integer) and data.itemsize <= 2
                           and k in (2, 4)) else np.float64
-    values = np.where(valid, data, 0).astype(work)
-    weight = valid.astype(work)
-
-    def taps(idx: np.ndarray, wgt: np.ndarray, lo: int, hi: int) -> tuple[np.ndarray, np.ndarray]:
-        ok_ = (idx >= lo) & (idx < hi)
-        return np.clip(idx - lo, 0, hi - lo - 1), np.where(ok_, wgt, 0.0).astype(work)
-
-    (r0, rw0), (r1, rw1) = (taps(i, wt, lo_r, hi_r) for i, wt in rows)
-    (c0, cw0), (c1, cw1) = (taps(i, wt, lo_c, hi_c) for i, wt in cols)
-    num_r = values[r0] * rw0[:, None] + values[r1] * rw1[:, None]
-    den_r = weight[r0] * rw0[:, None] + weight[r1] * rw1[:, None]
-    num = num_r[:, c0] * cw0 + num_r[:, c1] * cw1
-    den = den_r[:, c0] * cw0 + den_r[:, c1] * cw1
+    # Only output pixels whose centre falls inside the raster get a value: a block at the
+    # raster's edge is computed on its inside part (a contiguous range of rows and columns).
+    ya, yb = int(inside_y.argmax()), int(inside_y.argmax() + inside_y.sum())
+    xa, xb = int(inside_x.argmax()), int(inside_x.argmax() + inside_x.sum())
+    # The window padded by one pixel: a neighbour outside the raster reads value 0, weight 0.
+    hh, ww = hi_r - lo_r + 2, hi_c - lo_c + 2
+    (r0, rw0), (r1, rw1) = ((np.clip(i[ya:yb] - lo_r + 1, 0, hh - 1), wt[ya:yb].astype(work))
+                            for i, wt in rows)
+    (c0, cw0), (c1, cw1) = ((np.clip(i[xa:xb] - lo_c + 1, 0, ww - 1), wt[xa:xb].astype(work))
+                            for i, wt in cols)
+    padded = np.zeros((hh, ww), dtype=work)
+    padded[1:-1, 1:-1] = data
+    edge = any(((i == 0) | (i == n - 1)).any() for i, n in ((r0, hh), (r1, hh), (c0, ww), (c1, ww)))
+    sub = out[ya:yb, xa:xb]
+    if work is np.float32 and not edge and valid.all():
+        # Every neighbour is valid and inside, so every weight sum is exactly 1 and the value
+        # is the weighted sum itself (exact in float32, see above), rounded half up.
+        num = _interp_axis(_interp_axis(padded, r0, rw0, r1, rw1, 0, k), c0, cw0, c1, cw1, 1, k)
+        np.floor(num + work(0.5), out=num)
+        sub[...] = num
+        return out[None, None]
+    padded[1:-1, 1:-1][~valid] = 0
+    weight = np.zeros((hh, ww), dtype=work)
+    weight[1:-1, 1:-1] = valid
+    num = _interp_axis(_interp_axis(padded, r0, rw0, r1, rw1, 0, k), c0, cw0, c1, cw1, 1, k)
+    den = _interp_axis(_interp_axis(weight, r0, rw0, r1, rw1, 0, k), c0, cw0, c1, cw1, 1, k)
     # GDAL also leaves a pixel empty when the source pixel under its centre is nodata.
-    centre = valid[np.ix_(np.clip(np.floor(sy).astype(np.int64) - lo_r, 0, hi_r - lo_r - 1),
-                          np.clip(np.floor(sx).astype(np.int64) - lo_c, 0, hi_c - lo_c - 1))]
-    ok = (den > 1e-5) & inside & centre
-    val = num[ok].astype(np.float64) / den[ok]
+    centre = _take_axis(_take_axis(valid, np.floor(sy[ya:yb]).astype(np.int64) - lo_r, 0, k),
+                        np.floor(sx[xa:xb]).astype(np.int64) - lo_c, 1, k)
+    ok = (den > 1e-5) & centre
+    val = np.divide(num, den, out=np.zeros(num.shape), where=ok, dtype=np.float64)
     if np.issubdtype(data.dtype, np.integer):
         info = np.iinfo(data.dtype)
         val = np.clip(np.floor(val + 0.5), info.min, info.max)
-    out[ok] = val.astype(dtype)
+    np.copyto(sub, val, where=ok, casting="unsafe")
     return out[None, None]
 
 
-#: Open datasets kept per thread during a read session (a regional run on a worker, whose
+#: Open datasets kept per process during a read session (a regional run on a worker, whose
 #: GDAL block cache is bounded by geoflow._cluster.WORKER_ENV): an asset is opened once per
-#: worker thread, not once per block and chunk (an open costs a request and a header parse).
-#: GDAL datasets are not thread-safe, hence one cache per thread; a failed read drops the
-#: entry. Outside a session every read opens and closes its dataset.
+#: worker, not once per block, chunk or I/O thread (an open costs requests and a header
+#: parse), and the blocks it has decoded serve the next chunk too. GDAL datasets are not
+#: thread-safe, so each has a lock held while it is read; a failed read drops the entry.
+#: Outside a session every read opens and closes its dataset.
 MAX_OPEN_DATASETS = 192
-_OPEN = threading.local()
+_OPEN: OrderedDict[str, tuple[Any, threading.Lock]] = OrderedDict()
+_OPEN_LOCK = threading.Lock()
+_OPENING: dict[str, threading.Lock] = {}
 _SESSION: list[str | None] = [None]
 
 
@@ -315,7 +382,7 @@ def read_session(token: str | None) -> None:
     """Start a read session: datasets kept open under another token are opened again.
 
     A regional run sets one token for all its chunks, so assets are opened once per worker
-    thread and run, and a new run sees the assets as they are now (a fixed or a newly broken
+    and run, and a new run sees the assets as they are now (a fixed or a newly broken
     server), not handles and blocks cached by an earlier run.
 
     Examples
@@ -325,24 +392,46 @@ def read_session(token: str | None) -> None:
     _SESSION[0] = token
 
 
-def _open_cached(href: str) -> Any:
+def _close(entry: tuple[Any, threading.Lock] | None) -> None:
+    if entry is not None:
+        with entry[1], contextlib.suppress(Exception):  # after a read in flight finishes
+            entry[0].close()
+
+
+def _usable(entry: tuple[Any, threading.Lock] | None, href: str) -> bool:
+    return (entry is not None and not entry[0].closed and _same_file(entry[0], href)
+            and getattr(entry[0], "geoflow_session", None) == _SESSION[0])
+
+
+def _open_cached(href: str) -> tuple[Any, threading.Lock]:
     import rasterio
 
-    cache: OrderedDict[str, Any] = _OPEN.__dict__.setdefault("cache", OrderedDict())
-    src = cache.get(href)
-    if (src is not None and not src.closed and _same_file(src, href)
-            and getattr(src, "geoflow_session", None) == _SESSION[0]):
-        cache.move_to_end(href)
-        return src
-    if src is not None:
-        _forget(href)
-    src = rasterio.open(href)
-    src.geoflow_stat = _stat(href)
-    src.geoflow_session = _SESSION[0]
-    cache[href] = src
-    while len(cache) > MAX_OPEN_DATASETS:
-        cache.popitem(last=False)[1].close()
-    return src
+    with _OPEN_LOCK:
+        entry = _OPEN.get(href)
+        if _usable(entry, href):
+            _OPEN.move_to_end(href)
+            return entry  # type: ignore[return-value]
+        gate = _OPENING.setdefault(href, threading.Lock())
+    # One thread opens an asset while others needing it wait; threads open different assets
+    # at the same time.
+    with gate:
+        with _OPEN_LOCK:
+            entry = _OPEN.get(href)
+            if _usable(entry, href):
+                return entry  # type: ignore[return-value]
+        src = rasterio.open(href)
+        src.geoflow_stat = _stat(href)
+        src.geoflow_session = _SESSION[0]
+        stale: list[tuple[Any, threading.Lock] | None] = []
+        with _OPEN_LOCK:
+            stale.append(_OPEN.pop(href, None))
+            entry = _OPEN[href] = (src, threading.Lock())
+            while len(_OPEN) > MAX_OPEN_DATASETS:
+                stale.append(_OPEN.popitem(last=False)[1])
+            _OPENING.pop(href, None)
+    for old in stale:
+        _close(old)
+    return entry
 
 
 def _read_window(href: str, window: Any) -> tuple[np.ndarray, Any]:
@@ -353,15 +442,20 @@ def _read_window(href: str, window: Any) -> tuple[np.ndarray, Any]:
         if _SESSION[0] is None:  # outside a regional run: open, read, close
             with rasterio.open(href) as src:
                 return src.read(1, window=window), src.nodata
-        try:
-            src = _open_cached(href)
-            return src.read(1, window=window), src.nodata
-        except Exception:
-            # A handle kept from an earlier chunk can be stale (server restarted): open afresh
-            # once; a real fault then fails with the open's own message (HTTP status).
+        for attempt in (1, 2):
+            src, lock = _open_cached(href)
+            with lock:
+                if not src.closed:  # not evicted between the lookup and the lock
+                    try:
+                        return src.read(1, window=window), src.nodata
+                    except Exception:
+                        # A handle kept from an earlier chunk can be stale (server restarted):
+                        # open afresh once; a real fault then fails with the open's own
+                        # message (HTTP status).
+                        if attempt == 2:
+                            raise
             _forget(href)
-            src = _open_cached(href)
-            return src.read(1, window=window), src.nodata
+        raise RuntimeError("the dataset was closed twice while being read")  # pragma: no cover
     except Exception as err:
         _forget(href)
         raise RuntimeError(f"Error reading {href!r}: {err!r}") from err
@@ -388,33 +482,83 @@ def _same_file(src: Any, href: str) -> bool:
 
 
 def _forget(href: str) -> None:
-    cache = getattr(_OPEN, "cache", None)
-    src = cache.pop(href, None) if cache is not None else None
-    if src is not None:
-        with contextlib.suppress(Exception):
-            src.close()
+    with _OPEN_LOCK:
+        entry = _OPEN.pop(href, None)
+    _close(entry)
 
 
 def close_datasets() -> None:
-    """Close the datasets this thread keeps open (tests and long-lived workers may call it).
+    """Close the datasets this process keeps open (tests and long-lived workers may call it).
 
     Examples
     --------
     >>> close_datasets()
     """
-    cache = getattr(_OPEN, "cache", None)
-    while cache:
-        with contextlib.suppress(Exception):
-            cache.popitem()[1].close()
+    with _OPEN_LOCK:
+        entries = list(_OPEN.values())
+        _OPEN.clear()
+    for entry in entries:
+        _close(entry)
 
 
-def _fill_block(h: int, w: int, dtype: str, fill: Any) -> np.ndarray:
-    return np.full((1, 1, h, w), fill, dtype=dtype)
+def _finish(raw: np.ndarray, kind: str, offset: float) -> np.ndarray:
+    """One item's block as the cube holds it, with the same float32 arithmetic as xarray's."""
+    if kind == "reflectance":  # DN -> (DN + offset) / 10000; DN 0 (no data) -> NaN
+        val = (raw + np.float32(offset)) / np.float32(S2_SCALE)
+        val[raw == 0] = np.nan
+        return val
+    if kind == "db":  # linear gamma0 -> dB; <= 0 (no dB value) -> NaN
+        valid = raw > 0
+        val = np.float32(10.0) * np.log10(np.where(valid, raw, np.float32(1.0)))
+        val[~valid] = np.nan
+        return val
+    return raw  # SCL codes as they are
 
 
-def _stack_aligned(items: list[dict], assets: list[str], grid: GridSpec, chunks: tuple[int, int],
-                   dtype: str, fill: Any, resampling: Resampling) -> xr.DataArray | None:
-    """Like :func:`_stack` for assets on the grid's lattice; None if any asset is not."""
+#: Per layer kind: dtype and fill of the raw reads, and the cube's no-data value.
+_KINDS: dict[str, tuple[str, Any, Any]] = {
+    "reflectance": ("float32", np.float32(np.nan), np.float32(np.nan)),
+    "scl": ("uint8", np.uint8(0), np.uint8(0)),
+    "db": ("float32", np.float32(np.nan), np.float32(np.nan)),
+}
+
+_Read = tuple[str, tuple[float, ...], tuple[int, int]]
+
+
+def _read_group(reads: list[list[_Read | None]], offsets: list[float],
+                block: tuple[float, float, float, int, int], bilinear: bool, kind: str,
+                squeeze: bool) -> np.ndarray:
+    """One grid block of a group of items (a solar day, a Sentinel-1 pass): (assets, h, w).
+
+    Items are taken in order and the first valid pixel wins (``stackstac.mosaic``'s rule);
+    an asset is not read at all where earlier items already filled its layer, nor where it
+    does not reach the block (``None``). One task does what stackstac's graph does in about
+    ten per item and asset (read, scale, mask, cast, mosaic).
+    """
+    raw_dtype, fill, nodata = _KINDS[kind]
+    _, _, _, h, w = block
+    out = np.full((len(reads[0]), h, w), nodata, dtype=raw_dtype)
+    for row, offset in zip(reads, offsets, strict=True):
+        for layer, spec in zip(out, row, strict=True):
+            if spec is None:
+                continue
+            todo = np.isnan(layer) if np.isnan(nodata) else layer == nodata
+            if not todo.any():
+                continue
+            raw = _read_aligned(*spec, block, bilinear, raw_dtype, fill)[0, 0]
+            np.copyto(layer, _finish(raw, kind, offset), where=todo)
+    return out[0] if squeeze else out
+
+
+def _aligned_groups(groups: list[list[dict]], assets: list[str], grid: GridSpec,
+                    chunks: tuple[int, int], kind: str, resampling: Resampling,
+                    offsets: dict[str, float] | None = None) -> list[da.Array | None] | None:
+    """Per group of items, its mosaic on the grid as one dask array; None for an empty group.
+
+    Returns None (use stackstac) unless every asset lies on the grid's lattice. The arrays are
+    (assets, y, x), or (y, x) for a single asset. ``offsets`` maps item ids to the offset of
+    ``kind="reflectance"``.
+    """
     import os
 
     from dask.base import tokenize
@@ -424,44 +568,53 @@ def _stack_aligned(items: list[dict], assets: list[str], grid: GridSpec, chunks:
         return None
     if resampling not in (Resampling.bilinear, Resampling.nearest):
         return None
-    specs: list[list[tuple[str, tuple[float, ...], tuple[int, int]]]] = []
-    for it in items:
-        row = []
-        for key in assets:
-            asset = it["assets"][key]
-            if _aligned_factor(asset, it["properties"].get("proj:epsg"), grid) is None:
-                return None
-            row.append((str(asset["href"]), tuple(float(v) for v in asset["proj:transform"][:6]),
-                        (int(asset["proj:shape"][0]), int(asset["proj:shape"][1]))))
-        specs.append(row)
+    specs: list[list[list[tuple[_Read, tuple[float, float, float, float]]]]] = []
+    for group in groups:
+        rows = []
+        for it in group:
+            row = []
+            for key in assets:
+                asset = it["assets"][key]
+                if _aligned_factor(asset, it["properties"].get("proj:epsg"), grid) is None:
+                    return None
+                tf = tuple(float(v) for v in asset["proj:transform"][:6])
+                shape = (int(asset["proj:shape"][0]), int(asset["proj:shape"][1]))
+                a, c, f = tf[0], tf[2], tf[5]
+                row.append(((str(asset["href"]), tf, shape),
+                            (c, c + shape[1] * a, f, f - shape[0] * a)))  # w, e, n, s
+            rows.append(row)
+        specs.append(rows)
     cy, cx = chunks
     ny, nx = grid.shape
     ys = [(r, min(cy, ny - r)) for r in range(0, ny, cy)]
     xs = [(c, min(cx, nx - c)) for c in range(0, nx, cx)]
     bilinear = resampling == Resampling.bilinear
-    name = "geoflow-read-" + tokenize(specs, grid.to_dict(), chunks, dtype, str(fill), bilinear)
+    squeeze = len(assets) == 1
     res = grid.resolution
-    dsk: dict[Any, Any] = {}
-    for i, row in enumerate(specs):
-        for j, (href, tf, shape) in enumerate(row):
-            a, c, f = tf[0], tf[2], tf[5]
-            sw, se, sn, ss = c, c + shape[1] * a, f, f - shape[0] * a
-            for bi, (r, h) in enumerate(ys):
-                for bj, (col, w) in enumerate(xs):
-                    bx0, by0 = grid.x0 + col * res, grid.y0 - r * res
-                    # Blocks the asset does not reach: no open, no request.
-                    if sw >= bx0 + w * res or se <= bx0 or ss >= by0 or sn <= by0 - h * res:
-                        dsk[(name, i, j, bi, bj)] = (_fill_block, h, w, dtype, fill)
-                    else:
-                        dsk[(name, i, j, bi, bj)] = (_read_aligned, href, tf, shape,
-                                                     (bx0, by0, res, h, w), bilinear, dtype,
-                                                     fill)
-    chunks4 = ((1,) * len(items), (1,) * len(assets), tuple(h for _, h in ys),
-               tuple(w for _, w in xs))
-    graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
-    arr = da.Array(graph, name, chunks=chunks4, dtype=dtype)
-    return xr.DataArray(arr, dims=("time", "band", "y", "x"),
-                        coords={"id": ("time", [it["id"] for it in items])})
+    out: list[da.Array | None] = []
+    for group, rows in zip(groups, specs, strict=True):
+        if not group:
+            out.append(None)
+            continue
+        item_offsets = [float((offsets or {}).get(it["id"], 0.0)) for it in group]
+        name = f"geoflow-read-{kind}-" + tokenize(rows, item_offsets, grid.to_dict(), chunks,
+                                                   bilinear)
+        dsk: dict[Any, Any] = {}
+        for bi, (r, h) in enumerate(ys):
+            for bj, (col, w) in enumerate(xs):
+                bx0, by0 = grid.x0 + col * res, grid.y0 - r * res
+                # Assets that do not reach the block: no open, no request.
+                reads = [[spec if (sw < bx0 + w * res and se > bx0 and ss < by0
+                                   and sn > by0 - h * res) else None
+                          for spec, (sw, se, sn, ss) in row] for row in rows]
+                task = (name, bi, bj) if squeeze else (name, 0, bi, bj)
+                dsk[task] = (_read_group, reads, item_offsets, (bx0, by0, res, h, w), bilinear,
+                            kind, squeeze)
+        yx = (tuple(h for _, h in ys), tuple(w for _, w in xs))
+        graph = HighLevelGraph.from_collections(name, dsk, dependencies=())
+        out.append(da.Array(graph, name, chunks=yx if squeeze else ((len(assets),), *yx),
+                            dtype=_KINDS[kind][0]))
+    return out
 
 
 def _mosaic(arr: xr.DataArray, groups: list[list[str]], nodata: Any) -> list[Any]:
@@ -595,21 +748,31 @@ def build_cube(
     scl_days: list[Any] = [None] * nt
     day_ids: list[list[str]] = [[] for _ in days]
     if s2_items:
-        # --- Sentinel-2 reflectance: DN -> (DN + offset) / 10000, DN 0 = nodata.
-        dn = _stack(s2_items, list(S2_BANDS), grid, chunks, "float32", np.float32(np.nan),
-                    Resampling.bilinear)
-        stacked = set(dn["id"].values)
-        day_ids = [[it["id"] for it in by_day[d] if it["id"] in stacked] for d in days]
+        in_area = {it["id"] for it in s2_items}
+        day_items = [[it for it in by_day[d] if it["id"] in in_area] for d in days]
+        day_ids = [[it["id"] for it in group] for group in day_items]
         offsets = {it["id"]: s2_offset(it["properties"].get("s2:processing_baseline"))
                    for it in s2_items}
-        off = xr.DataArray(np.array([offsets[i] for i in dn["id"].values], dtype="float32"),
-                           dims="time")
-        refl = ((dn + off) / np.float32(S2_SCALE)).where(dn != 0).astype("float32")
-        refl_days = _mosaic(refl.assign_coords(id=dn["id"]), day_ids, np.nan)
+        # --- Sentinel-2 reflectance: DN -> (DN + offset) / 10000, DN 0 = nodata.
+        fast = _aligned_groups(day_items, list(S2_BANDS), grid, chunks, "reflectance",
+                               Resampling.bilinear, offsets)
+        if fast is not None:
+            refl_days = fast
+        else:
+            dn = _stack(s2_items, list(S2_BANDS), grid, chunks, "float32", np.float32(np.nan),
+                        Resampling.bilinear)
+            off = xr.DataArray(np.array([offsets[i] for i in dn["id"].values], dtype="float32"),
+                               dims="time")
+            refl = ((dn + off) / np.float32(S2_SCALE)).where(dn != 0).astype("float32")
+            refl_days = _mosaic(refl.assign_coords(id=dn["id"]), day_ids, np.nan)
         # --- SCL at 20 m -> 10 m by nearest neighbour (codes must not be blended); 0 = nodata.
-        scl_raw = _stack(s2_items, [SCL_ASSET], grid, chunks, "uint8", np.uint8(0),
-                         Resampling.nearest)
-        scl_days = [a[0] if a is not None else None for a in _mosaic(scl_raw, day_ids, 0)]
+        fast = _aligned_groups(day_items, [SCL_ASSET], grid, chunks, "scl", Resampling.nearest)
+        if fast is not None:
+            scl_days = fast
+        else:
+            scl_raw = _stack(s2_items, [SCL_ASSET], grid, chunks, "uint8", np.uint8(0),
+                             Resampling.nearest)
+            scl_days = [a[0] if a is not None else None for a in _mosaic(scl_raw, day_ids, 0)]
     refl_days = [a if a is not None else
                  _full((len(S2_BANDS), ny, nx), (1, cy, cx), np.nan, "float32")
                  for a in refl_days]
@@ -632,17 +795,19 @@ def build_cube(
     used = sorted({k for k in pairs if k is not None})
     sar_days: list[Any] = [None] * nt
     if used:
-        needed = [it for k in used for it in passes[list(passes)[k]]]
-        lin = _stack(needed, list(S1_BANDS), grid, chunks, "float32", np.float32(np.nan),
-                     Resampling.bilinear)
-        # Linear gamma0 <= 0 (and the -32768 nodata, should a file lack its nodata tag) has
-        # no dB value: mask it before the log so nothing warns.
-        valid = lin > 0
-        db = (np.float32(10.0) * xr.apply_ufunc(np.log10, lin.where(valid, np.float32(1.0)),
-                                                 dask="allowed")).where(valid)
-        db = db.astype("float32").assign_coords(id=lin["id"])
-        mosaics = dict(zip(used, _mosaic(db, [acquisitions[k][1] for k in used], np.nan),
-                           strict=True))
+        groups = [passes[list(passes)[k]] for k in used]
+        fast = _aligned_groups(groups, list(S1_BANDS), grid, chunks, "db", Resampling.bilinear)
+        if fast is None:
+            lin = _stack([it for g in groups for it in g], list(S1_BANDS), grid, chunks,
+                         "float32", np.float32(np.nan), Resampling.bilinear)
+            # Linear gamma0 <= 0 (and the -32768 nodata, should a file lack its nodata tag)
+            # has no dB value: mask it before the log so nothing warns.
+            valid = lin > 0
+            db = (np.float32(10.0) * xr.apply_ufunc(np.log10, lin.where(valid, np.float32(1.0)),
+                                                     dask="allowed")).where(valid)
+            db = db.astype("float32").assign_coords(id=lin["id"])
+            fast = _mosaic(db, [acquisitions[k][1] for k in used], np.nan)
+        mosaics = dict(zip(used, fast, strict=True))
         sar_days = [mosaics[k] if k is not None else None for k in pairs]
     sar = da.stack([a if a is not None else _full((len(S1_BANDS), ny, nx), (1, cy, cx),
                                                    np.nan, "float32") for a in sar_days])

@@ -498,3 +498,52 @@ def test_served_pairing_is_nearest_within_tolerance(served: SimpleNamespace) -> 
             missing = int(np.flatnonzero(~cube.s1_available.values)[0])
             assert bool(np.isnan(cube.sar.isel(time=missing)).all())
             assert cube.s1_ids.values[missing] == ""
+
+
+def test_a_read_session_opens_each_asset_once_across_threads(
+        tiny: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """I/O threads of a worker share its open datasets (one open per asset), same values."""
+    from geoflow.cube import close_datasets, read_session
+
+    opened: list[str] = []
+    real_open = rasterio.open
+
+    def counting_open(path: Any, *args: Any, **kwargs: Any) -> Any:
+        opened.append(str(path))
+        return real_open(path, *args, **kwargs)
+
+    expected = build_cube(tiny.scenes, tiny.grid, chunksize=(11, 16)).compute(scheduler="sync")
+    monkeypatch.setattr(rasterio, "open", counting_open)
+    read_session("threads")
+    try:
+        for _ in range(2):  # a second chunk of the run reuses the handles
+            got = build_cube(tiny.scenes, tiny.grid, chunksize=(11, 16)).compute(
+                scheduler="threads", num_workers=4)
+    finally:
+        close_datasets()
+        read_session(None)
+    assert opened and len(opened) == len(set(opened))
+    for var in ("reflectance", "scl", "cloud", "sar"):
+        np.testing.assert_array_equal(got[var].values, expected[var].values, err_msg=var)
+
+
+def test_an_item_under_a_filled_block_is_not_read(
+        tiny: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    """First valid pixel wins: where the day's first tile fills the block, the next is skipped."""
+    import geoflow.cube as cube_mod
+
+    read: list[str] = []
+    real = cube_mod._read_aligned
+
+    def spy(href: str, *args: Any) -> Any:
+        read.append(href)
+        return real(href, *args)
+
+    monkeypatch.setattr(cube_mod, "_read_aligned", spy)
+    # Columns 32-39: tile B starts at column 30, so both tiles reach the window; on day 2
+    # tile A has no hole there and fills every pixel.
+    window = tiny.grid.window(0, 32, N, 8)
+    cube = build_cube(tiny.scenes, window).isel(time=1).compute(scheduler="sync")
+    assert cube.s2_ids.item() == "A_d2,B_d2"
+    assert np.isfinite(cube.reflectance.values).all()
+    assert any("/A_d2/" in h for h in read) and not any("/B_d2/" in h for h in read)
