@@ -293,7 +293,10 @@ def bench_cmd(
         _print_json(result)
     else:
         for key, value in result.items():
-            typer.echo(f"{key:>22}: {value}")
+            typer.echo(f"{key:>26}: {value}")
+        hours = result["worker_hours_per_100k_km2"] * 3.576
+        typer.echo(f"Germany (357,600 km^2) for one month: about {hours:.0f} worker-hours at "
+                   f"this rate, {hours / 64:.1f} h on 64 such workers.")
 
 
 @app.command("export")

@@ -6,7 +6,9 @@ it: with ``stride < patch_size`` neighbouring patches overlap and the map is fin
 patches. Each patch therefore reaches ``halo = (patch_size - stride) / 2`` input pixels past
 its map pixel on every side.
 
-Map pixels are grouped into chunks of ``chunk_patches x chunk_patches`` map pixels; a chunk
+Map pixels are grouped into chunks of ``chunk_patches x chunk_patches`` map pixels (or, with
+``balance=True``, of at most that many per side, split evenly: a region 17 map pixels wide
+becomes chunks of 9 and 8, not 16 and a sliver of 1, so workers get equal shares); a chunk
 is the unit of work, retry and resume, and equals one Zarr chunk of the map store (the last
 row and column of chunks may be smaller). A chunk's ``read_grid`` is the input-pixel window
 its patches need, halo included; it may reach past the region, where the cube fills NaN.
@@ -70,8 +72,10 @@ class MapPlan:
         The input (cube) grid of the region.
     map_grid
         The output grid: same origin, pixels ``stride`` times larger.
-    patch_size, stride, chunk_patches, halo
-        Patch size and stride in input pixels; chunk size in map pixels; halo in input pixels.
+    patch_size, stride, halo
+        Patch size and stride in input pixels; halo in input pixels.
+    chunk_patches
+        Chunk shape ``(rows, cols)`` in map pixels.
     chunks
         Every chunk, row-major; together they cover the map exactly once.
     """
@@ -80,14 +84,14 @@ class MapPlan:
     map_grid: GridSpec
     patch_size: int
     stride: int
-    chunk_patches: int
+    chunk_patches: tuple[int, int]
     halo: int
     chunks: list[Chunk] = field(repr=False)
 
     @property
     def chunk_shape(self) -> tuple[int, int]:
-        """Spatial Zarr chunk shape ``(chunk_patches, chunk_patches)`` of the map store."""
-        return (self.chunk_patches, self.chunk_patches)
+        """Spatial Zarr chunk shape ``(rows, cols)`` of the map store, in map pixels."""
+        return self.chunk_patches
 
     def __len__(self) -> int:
         return len(self.chunks)
@@ -130,7 +134,14 @@ def _same_parity_half(patch_size: int) -> int:
     return half if (patch_size - half) % 2 == 0 else half + 1
 
 
-def plan_chunks(grid: GridSpec, patch_size: int, stride: int, chunk_patches: int) -> MapPlan:
+def _balanced(n: int, most: int) -> int:
+    """The chunk edge that splits ``n`` pixels into as few chunks of <= ``most`` as possible,
+    as evenly as possible."""
+    return -(-n // -(-n // most))
+
+
+def plan_chunks(grid: GridSpec, patch_size: int, stride: int, chunk_patches: int, *,
+                balance: bool = False) -> MapPlan:
     """Plan the map grid and the chunks that compute it.
 
     Parameters
@@ -146,6 +157,9 @@ def plan_chunks(grid: GridSpec, patch_size: int, stride: int, chunk_patches: int
         map pixels.
     chunk_patches
         Chunk edge in map pixels (the map store's Zarr chunk edge).
+    balance
+        Treat ``chunk_patches`` as the largest edge and split each axis into equal chunks
+        (the fewest that fit), instead of full chunks and a remainder.
 
     Returns
     -------
@@ -165,6 +179,9 @@ def plan_chunks(grid: GridSpec, patch_size: int, stride: int, chunk_patches: int
     ((10, 10), ['r0_c0', 'r0_c1', 'r1_c0', 'r1_c1'])
     >>> plan.chunks[3].out_slices, plan.chunks[3].read_grid.shape
     ((slice(8, 10, None), slice(8, 10, None)), (64, 64))
+    >>> plan_chunks(GridSpec(32632, 10.0, 0.0, 5440.0, 320, 544), 32, 32, 16,
+    ...             balance=True).chunk_shape   # 17 x 10 map pixels: 2 x 1 equal chunks
+    (9, 10)
     """
     patch_size = _positive_int("patch_size", patch_size)
     stride = _positive_int("stride", stride)
@@ -181,17 +198,19 @@ def plan_chunks(grid: GridSpec, patch_size: int, stride: int, chunk_patches: int
     halo = (patch_size - stride) // 2
     # Same origin, pixels `stride` times larger, rounded up so the map covers the region.
     map_grid = grid.coarsen(stride)
-    n_rows = -(-map_grid.height // chunk_patches)
-    n_cols = -(-map_grid.width // chunk_patches)
+    cy = _balanced(map_grid.height, chunk_patches) if balance else chunk_patches
+    cx = _balanced(map_grid.width, chunk_patches) if balance else chunk_patches
+    n_rows = -(-map_grid.height // cy)
+    n_cols = -(-map_grid.width // cx)
     chunks = []
     for r in range(n_rows):
-        y0, y1 = r * chunk_patches, min((r + 1) * chunk_patches, map_grid.height)
+        y0, y1 = r * cy, min((r + 1) * cy, map_grid.height)
         for c in range(n_cols):
-            x0, x1 = c * chunk_patches, min((c + 1) * chunk_patches, map_grid.width)
+            x0, x1 = c * cx, min((c + 1) * cx, map_grid.width)
             read = grid.window(y0 * stride - halo, x0 * stride - halo,
                                (y1 - y0) * stride + 2 * halo, (x1 - x0) * stride + 2 * halo)
             chunks.append(Chunk(f"r{r}_c{c}", (slice(y0, y1), slice(x0, x1)), read))
-    return MapPlan(grid, map_grid, patch_size, stride, chunk_patches, halo, chunks)
+    return MapPlan(grid, map_grid, patch_size, stride, (cy, cx), halo, chunks)
 
 
 __all__ = ["Chunk", "MapPlan", "plan_chunks"]

@@ -369,3 +369,24 @@ def test_always_broken_asset_fails_its_chunks_only_then_rerun_completes(
     rerun = _run_report(_classify(region, stac_url, out, client, model_path))
     assert rerun["chunks_computed"] == len(failures)
     _assert_same_map(ref_out, out)
+
+
+def test_local_assets_are_read_with_one_thread_remote_ones_with_several(monkeypatch):
+    """Loopback and file assets have no latency to hide; remote ones get I/O threads."""
+    from types import SimpleNamespace
+
+    from geoflow.regional import IO_THREADS, _assets_are_local, _retry_settings
+
+    def scenes(*hrefs):
+        return SimpleNamespace(s2=[{"assets": {"B04": {"href": h}}} for h in hrefs], s1=[])
+
+    local = scenes("http://127.0.0.1:8080/assets/a.tif", "http://localhost/b.tif",
+                   "/data/c.tif", "file:///data/d.tif", "http://[::1]:9000/e.tif")
+    assert _assets_are_local(local)
+    assert not _assets_are_local(scenes("http://127.0.0.1/a.tif",
+                                        "https://sentinel2l2a01.blob.core.windows.net/x.tif"))
+    monkeypatch.delenv("GEOFLOW_IO_THREADS", raising=False)
+    assert _retry_settings(True)["io_threads"] == 1
+    assert _retry_settings(False)["io_threads"] == IO_THREADS > 1
+    monkeypatch.setenv("GEOFLOW_IO_THREADS", "3")
+    assert _retry_settings(True)["io_threads"] == 3

@@ -22,7 +22,7 @@ def plans(draw):
     x0 = draw(st.integers(-1000, 1000)) * 10.0 + 500000.0
     y0 = draw(st.integers(-1000, 1000)) * 10.0 + 5000000.0
     grid = GridSpec(32632, 10.0, x0, y0, width, height)
-    return grid, plan_chunks(grid, patch, stride, chunk)
+    return grid, plan_chunks(grid, patch, stride, chunk, balance=draw(st.booleans()))
 
 
 @settings(max_examples=50, deadline=None)
@@ -40,6 +40,23 @@ def test_chunks_tile_the_map_exactly_once(case):
     assert 0 <= mg.width * plan.stride - grid.width < plan.stride
     assert 0 <= mg.height * plan.stride - grid.height < plan.stride
     assert len({c.id for c in plan.chunks}) == len(plan.chunks)
+
+
+@settings(max_examples=50, deadline=None)
+@given(st.integers(1, 300), st.integers(1, 300), st.integers(1, 20))
+def test_balanced_chunks_are_as_few_and_as_even_as_possible(height, width, most):
+    grid = GridSpec(32632, 10.0, 500000.0, 5000000.0, width, height)
+    plain = plan_chunks(grid, 1, 1, most)
+    plan = plan_chunks(grid, 1, 1, most, balance=True)
+    assert len(plan.chunks) == len(plain.chunks)  # no more chunks than full ones need
+    for axis, n in enumerate((height, width)):
+        edge = plan.chunk_shape[axis]
+        k = -(-n // most)  # the fewest chunks along this axis
+        assert edge <= most and -(-n // edge) == k
+        # Regular (Zarr) chunks: all but the last are `edge`; the last is no sliver.
+        assert n - (k - 1) * edge >= edge - (k - 1)
+    assert plan_chunks(GridSpec(32632, 10.0, 0.0, 0.0, 17, 17), 1, 1, 16,
+                       balance=True).chunk_shape == (9, 9)
 
 
 @settings(max_examples=50, deadline=None)
