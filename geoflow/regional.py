@@ -586,15 +586,16 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], store
             [scenes_future] = cl.scatter([payload], broadcast=True)
             resources = {"GPU": 1} if info.gpu else None
             window = max(2, WINDOW_PER_WORKER * info.n_workers)
-            pending = iter(todo)
+            pending = iter(_strips(todo, [] if info.gpu else _worker_addresses(cl)))
             ac = as_completed()
 
             def submit_next() -> bool:
-                chunk = next(pending, None)
+                chunk, worker = next(pending, (None, None))
                 if chunk is None:
                     return False
                 fut = cl.submit(run_chunk, chunk, scenes_future, spec, key=f"geoflow-{chunk.id}-"
                                 f"{os.getpid()}-{time.time_ns()}", resources=resources,
+                                workers=worker, allow_other_workers=worker is not None,
                                 pure=False)
                 fut.geoflow_chunk = chunk  # type: ignore[attr-defined]
                 ac.add(fut)
@@ -642,6 +643,29 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], store
     if in_memory:
         ds = ds.load()
     return ds
+
+
+def _worker_addresses(client: Any) -> list[str]:
+    return sorted(client.scheduler_info().get("workers", {}))
+
+
+def _strips(chunks: list[Any], workers: list[str]) -> list[tuple[Any, list[str] | None]]:
+    """Chunks in submission order, each with the worker it should preferably run on.
+
+    Each worker gets a contiguous run of the chunks (row-major, so mostly neighbours in a
+    row): the COG blocks two neighbours share are then read and decoded once, from the
+    worker's open datasets, instead of once on each of two workers. Runs are interleaved so
+    every worker starts at once; the preference is loose, so an idle worker still takes
+    (steals) queued chunks and a lost worker's chunks go elsewhere.
+    """
+    n = len(workers)
+    if n < 2:
+        return [(c, None) for c in chunks]
+    runs = [chunks[k * len(chunks) // n:(k + 1) * len(chunks) // n] for k in range(n)]
+    order: list[tuple[Any, list[str] | None]] = []
+    for i in range(max(map(len, runs))):
+        order.extend((run[i], [workers[k]]) for k, run in enumerate(runs) if i < len(run))
+    return order
 
 
 def _chunk_km2(chunk: Any, plan: Any) -> float:

@@ -390,3 +390,19 @@ def test_local_assets_are_read_with_one_thread_remote_ones_with_several(monkeypa
     assert _retry_settings(False)["io_threads"] == IO_THREADS > 1
     monkeypatch.setenv("GEOFLOW_IO_THREADS", "3")
     assert _retry_settings(True)["io_threads"] == 3
+
+
+def test_chunks_go_to_workers_in_contiguous_runs_submitted_interleaved():
+    from geoflow.regional import _strips
+
+    chunks = [f"r{r}_c{c}" for r in range(3) for c in range(3)]
+    order = _strips(chunks, ["tcp://a", "tcp://b"])
+    assert sorted(c for c, _ in order) == sorted(chunks)  # each chunk once
+    by_worker: dict[str, list[str]] = {}
+    for chunk, (worker,) in order:
+        by_worker.setdefault(worker, []).append(chunk)
+    # Each worker's chunks are a contiguous row-major run (neighbours share COG blocks)...
+    assert by_worker == {"tcp://a": chunks[:4], "tcp://b": chunks[4:]}
+    # ...and the first submissions reach every worker.
+    assert {w for _, (w,) in order[:2]} == {"tcp://a", "tcp://b"}
+    assert _strips(chunks, ["tcp://a"]) == [(c, None) for c in chunks]
