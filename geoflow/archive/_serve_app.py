@@ -54,7 +54,10 @@ class AssetFiles:
         self.fallback = fallback
 
     def _file(self, path: str) -> str | None:
-        full = os.path.realpath(os.path.join(self.root, path.lstrip("/")))
+        try:
+            full = os.path.realpath(os.path.join(self.root, path.lstrip("/")))
+        except (ValueError, OSError):  # a NUL byte, a symlink loop: StaticFiles answers
+            return None
         if not full.startswith(self.root + os.sep) or not os.path.isfile(full):
             return None
         return full

@@ -187,7 +187,7 @@ def test_gdal_vsicurl_reads_the_same_values_as_disk(stac_url: str, small_archive
 def test_only_the_assets_folder_is_served(stac_url: str, small_archive: Path) -> None:
     # DIR/db holds the database password: nothing outside DIR/assets may be reachable.
     for path in ("/assets/../archive.json", "/assets/%2e%2e/archive.json", "/db/state.json",
-                 "/archive.json"):
+                 "/archive.json", "/assets/%00/archive.json"):
         with pytest.raises(urllib.error.HTTPError) as err:
             _get(stac_url + path)
         assert err.value.code == 404
