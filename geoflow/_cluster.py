@@ -55,7 +55,7 @@ def tune_malloc(threshold: int = MMAP_THRESHOLD) -> bool:
 
     Examples
     --------
-    >>> tune_malloc() in (True, False)
+    >>> tune_malloc()  # on Linux with glibc  # doctest: +SKIP
     True
     """
     import ctypes

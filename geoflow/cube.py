@@ -304,7 +304,8 @@ def _read_aligned(href: str, tf: tuple[float, ...], src_shape: tuple[int, int],
     else:
         valid = data != nodata
     # The usual block lies inside the raster with no nodata: no masks to apply.
-    clean = bool(inside_x.all() and inside_y.all() and valid.all())
+    all_valid = bool(valid.all())
+    clean = bool(inside_x.all() and inside_y.all()) and all_valid
     k = max(1, round(a / res))
     if len(rows) == 1 or (not (rows[1][1].any() or cols[1][1].any())):
         # Nearest, or bilinear exactly on the source pixel centres (same pixel size): a copy.
@@ -341,7 +342,7 @@ def _read_aligned(href: str, tf: tuple[float, ...], src_shape: tuple[int, int],
     padded[1:-1, 1:-1] = data
     edge = any(((i == 0) | (i == n - 1)).any() for i, n in ((r0, hh), (r1, hh), (c0, ww), (c1, ww)))
     sub = out[ya:yb, xa:xb]
-    if work is np.float32 and not edge and valid.all():
+    if work is np.float32 and not edge and all_valid:
         # Every neighbour is valid and inside, so every weight sum is exactly 1 and the value
         # is the weighted sum itself (exact in float32, see above), rounded half up.
         num = _interp_axis(_interp_axis(padded, r0, rw0, r1, rw1, 0, k), c0, cw0, c1, cw1, 1, k)
@@ -538,15 +539,19 @@ def _read_group(reads: list[list[_Read | None]], offsets: list[float],
     raw_dtype, fill, nodata = _KINDS[kind]
     _, _, _, h, w = block
     out = np.full((len(reads[0]), h, w), nodata, dtype=raw_dtype)
+    written = [False] * len(out)  # an unwritten layer is all no-data: no mask needed
     for row, offset in zip(reads, offsets, strict=True):
-        for layer, spec in zip(out, row, strict=True):
+        for b, (layer, spec) in enumerate(zip(out, row, strict=True)):
             if spec is None:
                 continue
-            todo = np.isnan(layer) if np.isnan(nodata) else layer == nodata
-            if not todo.any():
-                continue
+            todo = None
+            if written[b]:
+                todo = np.isnan(layer) if np.isnan(nodata) else layer == nodata
+                if not todo.any():
+                    continue
             raw = _read_aligned(*spec, block, bilinear, raw_dtype, fill)[0, 0]
-            np.copyto(layer, _finish(raw, kind, offset), where=todo)
+            np.copyto(layer, _finish(raw, kind, offset), where=True if todo is None else todo)
+            written[b] = True
     return out[0] if squeeze else out
 
 

@@ -45,7 +45,7 @@ WINDOW_PER_WORKER = 2
 #: they are read with one thread, as extra threads only contend for the worker's core
 #: (about 10 % slower end to end on the 2-core benchmark).
 IO_THREADS = 4
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: Patches per chunk side when the caller does not say. Bigger chunks read their assets with
 #: less overhead (fewer opens, fewer COG blocks decoded twice); memory per task grows with it
 #: (about 14 MB per date for 16 x 16 patches of 32 px).
