@@ -20,6 +20,25 @@ def test_peak_rss_sees_memory_held_during_the_block():
     assert peak.mb >= before.mb + 150
 
 
+def test_peak_rss_counts_a_child_process_started_inside_the_block():
+    """The sampler lists descendants once a second, not per sample: a worker that starts
+    (or restarts) during a measurement is still counted."""
+    import subprocess
+    import sys
+
+    from geoflow.bench import PeakRSS
+
+    hold = PeakRSS.REFRESH_S + 1.0
+    code = ("import time; b = bytearray(200 * 2**20); b[::4096] = b'x' * len(b[::4096]); "
+            f"time.sleep({hold})")
+    with PeakRSS() as before:
+        pass
+    with PeakRSS(interval=0.01) as peak:
+        time.sleep(0.1)  # the first listing is taken before the child exists
+        subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+    assert peak.mb >= before.mb + 150
+
+
 def test_sub_bbox_is_centred_with_scaled_sides():
     from geoflow.bench import _sub_bbox
 
