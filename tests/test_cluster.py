@@ -13,14 +13,16 @@ def _worker_env() -> tuple[str | None, int]:
     return os.environ.get("GDAL_DISABLE_READDIR_ON_OPEN"), torch.get_num_threads()
 
 
-def _worker_readiness(dask_worker) -> tuple[tuple[bool, bool], dict[str, bool]]:
+def _worker_readiness(dask_worker) -> tuple[tuple[tuple[bool, bool], float], dict[str, bool]]:
     import sys
 
     import dask
 
     profiler = (bool(dask.config.get("distributed.worker.profile.enabled")),
                 "profile" in dask_worker.periodic_callbacks)
-    return profiler, {m: m in sys.modules for m in ("geoflow.regional", "geoflow.store", "zarr")}
+    tick_ms = dask_worker.periodic_callbacks["tick"].callback_time
+    return (profiler, tick_ms), {m: m in sys.modules
+                                 for m in ("geoflow.regional", "geoflow.store", "zarr")}
 
 
 def test_gdal_settings_take_environment_overrides(monkeypatch):
@@ -90,10 +92,12 @@ def test_a_new_local_cluster_listens_on_loopback_only(monkeypatch):
         bound = {c.laddr.ip for c in psutil.net_connections("tcp")
                  if c.status == psutil.CONN_LISTEN and c.laddr.port == port}
         assert bound == {"127.0.0.1"}
-        # Workers came up ready for chunk tasks: no sampling profiler on their hot path, the
-        # task's modules already imported (not on the first chunk's critical path).
-        [(profiler, imported)] = info.client.run(_worker_readiness).values()
+        # Workers came up ready for chunk tasks: no sampling profiler on their hot path, no
+        # 20 ms event-loop ticks, the task's modules already imported (not on the first
+        # chunk's critical path).
+        [((profiler, tick_ms), imported)] = info.client.run(_worker_readiness).values()
         assert profiler == (False, False)
+        assert tick_ms >= 500
         assert imported == {"geoflow.regional": True, "geoflow.store": True, "zarr": True}
 
 
