@@ -51,7 +51,7 @@ WORKER_ENV: dict[str, str] = {"GDAL_CACHEMAX": "128"}
 MMAP_THRESHOLD = 32 * 2**20
 #: Imported by :class:`WorkerSetup` when a worker joins: a chunk task needs them, and a
 #: worker's first task would otherwise spend about a second importing them (xarray, zarr,
-#: stackstac, torch) on the run's critical path, while the other workers already compute.
+#: stackstac) on the run's critical path, while the other workers already compute.
 WORKER_MODULES = ("geoflow.regional", "geoflow.cube", "geoflow.infer", "geoflow.store", "zarr")
 #: Dask settings of the LocalCluster that :func:`cluster_client` starts, whose scheduler,
 #: nannies and workers share the machine's cores with the chunk tasks. A cluster you start
