@@ -57,70 +57,6 @@ ProgressCallback = Callable[[dict[str, Any]], None]
 log = logging.getLogger(__name__)
 
 
-# --------------------------------------------------------------------------- summary
-def period_summary(
-    cls: np.ndarray, confidence: np.ndarray, n_classes: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Confidence-weighted vote across time.
-
-    Each valid observation (class != 255) votes for its class with weight ``confidence + 1``
-    (so a valid observation always counts). The winner is the class with the largest total
-    weight (ties go to the lower class index, so results are deterministic).
-    ``summary_confidence`` is the mean, over the pixel's valid observations, of the confidence
-    of those that voted for the winner (0 for the others): high only where dates agree *and*
-    were confident. Integer arithmetic throughout, so every run gives the same bytes.
-
-    Parameters
-    ----------
-    cls
-        (time, y, x) uint8 class indices, 255 = no data.
-    confidence
-        (time, y, x) uint8 confidence 0-255.
-    n_classes
-        Number of classes K.
-
-    Returns
-    -------
-    summary_class, summary_confidence
-        (y, x) uint8 each; 255 / 0 where no date had data.
-
-    Examples
-    --------
-    >>> c = np.array([[[1]], [[2]], [[1]]], dtype=np.uint8)
-    >>> p = np.array([[[200]], [[250]], [[100]]], dtype=np.uint8)
-    >>> s, q = period_summary(c, p, 10)
-    >>> int(s[0, 0]), int(q[0, 0])
-    (1, 100)
-    """
-    cls = np.asarray(cls)
-    conf = np.asarray(confidence).astype(np.int64)
-    valid = cls != 255
-    n_valid = valid.sum(axis=0)
-    votes = np.zeros((n_classes, *cls.shape[1:]), dtype=np.int64)
-    for k in range(n_classes):
-        votes[k] = np.where(cls == k, conf + 1, 0).sum(axis=0)
-    winner = votes.argmax(axis=0)
-    win_conf = np.where(cls == winner[None], conf, 0).sum(axis=0)
-    mean_conf = np.where(n_valid > 0, (win_conf + n_valid // 2) // np.maximum(n_valid, 1), 0)
-    summary_class = np.where(n_valid > 0, winner, 255).astype(np.uint8)
-    return summary_class, mean_conf.astype(np.uint8)
-
-
-def add_summary(ds: xr.Dataset, n_classes: int) -> xr.Dataset:
-    """Return ``ds`` with ``summary_class`` and ``summary_confidence`` (y, x) added.
-
-    Examples
-    --------
-    >>> m = add_summary(chunk_map, 10)  # doctest: +SKIP
-    """
-    s_cls, s_conf = period_summary(ds["class"].values, ds["confidence"].values, n_classes)
-    dims = ("y", "x")
-    out = ds.copy()
-    out["summary_class"] = xr.DataArray(s_cls, dims=dims)
-    out["summary_confidence"] = xr.DataArray(s_conf, dims=dims)
-    return out
-
-
 # --------------------------------------------------------------------------- worker side
 def _clear_gdal_http_cache() -> None:
     """Forget GDAL's /vsicurl/ cache, which remembers a failed HTTP answer for the process.
@@ -230,7 +166,7 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec) -> dic
 
     from geoflow.catalog import SceneSet
     from geoflow.cube import build_cube, read_session
-    from geoflow.infer import classify_window, get_model
+    from geoflow.infer import add_summary, classify_window, get_model
 
     t0 = time.perf_counter()
     read_session(spec.session or None)
@@ -674,5 +610,4 @@ def _chunk_km2(chunk: Any, plan: Any) -> float:
     return (ys.stop - ys.start) * (xs.stop - xs.start) * res * res / 1e6
 
 
-__all__ = ["RunReport", "add_summary", "classify_region", "period_summary", "resolve_catalog",
-           "run_chunk"]
+__all__ = ["RunReport", "classify_region", "resolve_catalog", "run_chunk"]

@@ -155,7 +155,7 @@ def proxy(client):
 
 # --------------------------------------------------------------------------- tests
 def test_period_summary_is_a_confidence_weighted_vote():
-    from geoflow.regional import period_summary
+    from geoflow.infer import period_summary
 
     cls = np.array([[[1, 255]], [[2, 255]], [[2, 255]], [[1, 255]]], dtype=np.uint8)
     conf = np.array([[[250, 0]], [[40, 0]], [[40, 0]], [[250, 0]]], dtype=np.uint8)
@@ -172,9 +172,8 @@ def test_distributed_map_equals_single_process_run(reference, region, stac_url, 
     from geoflow.catalog import search_scenes
     from geoflow.cube import build_cube
     from geoflow.grid import GridSpec
-    from geoflow.infer import classify_window
+    from geoflow.infer import classify_window, period_summary
     from geoflow.model import load
-    from geoflow.regional import period_summary
     from geoflow.request import Request
 
     ref_out, _ = reference
