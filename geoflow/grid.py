@@ -33,6 +33,19 @@ from geoflow.errors import RequestError
 # Points per edge when reprojecting bounds, so curved edges are covered, not just corners.
 _DENSIFY = 21
 
+#: Largest grid side and pixel count: beyond these a grid is a mistake (10^7 pixels at 10 m
+#: is 100 000 km, more than the Earth's circumference), not a region to map.
+MAX_GRID_SIDE = 10_000_000
+MAX_GRID_PIXELS = 10**12
+#: Largest absolute grid coordinate (CRS units): projected CRSs stay within ~4e7 m.
+_MAX_COORD = 1e9
+#: Pixel sizes :meth:`GridSpec.from_bbox` accepts, in metres.
+MIN_RESOLUTION_M = 0.01
+MAX_RESOLUTION_M = 100_000.0
+#: Largest scale distortion the default UTM/UPS grid may have at the bbox's edge (3.5 %,
+#: about 15° of longitude from a UTM zone's central meridian at the equator).
+MAX_SCALE_DISTORTION = 0.035
+
 
 def utm_epsg(lon: float, lat: float) -> int:
     """EPSG code of the UTM zone (WGS84) containing a point; UPS beyond 84°N / 80°S.
@@ -59,17 +72,78 @@ def _crs(epsg: int) -> CRS:
     return CRS.from_epsg(epsg)
 
 
-def _check_int(name: str, value: Any, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int | np.integer):
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened so that a huge input cannot flood an error message."""
+    text = repr(value)
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _check_int(name: str, value: Any, minimum: int, maximum: int | None = None,
+               hint: str | None = None) -> int:
+    if isinstance(value, bool | np.bool_) or not isinstance(value, int | np.integer):
         if isinstance(value, float | np.floating) and float(value).is_integer():
             value = int(value)
         else:
-            raise RequestError(f"grid {name} must be an integer, got {value!r}",
-                               hint=f"pass {name} as a whole number of pixels")
+            raise RequestError(f"grid {name} must be an integer, got {_show(value)}",
+                               hint=hint or f"pass {name} as a whole number of pixels")
     if value < minimum:
-        raise RequestError(f"grid {name} must be at least {minimum}, got {value}",
-                           hint=f"pass a {name} of {minimum} or more")
+        raise RequestError(f"grid {name} must be at least {minimum}, got {_show(value)}",
+                           hint=hint or f"pass a {name} of {minimum} or more")
+    if maximum is not None and value > maximum:
+        raise RequestError(f"grid {name} must be at most {maximum}, got {_show(value)}",
+                           hint=hint or f"pass a {name} of {maximum} or less")
     return int(value)
+
+
+def _check_float(name: str, value: Any, hint: str) -> float:
+    """A finite float from a real number (not a bool); RequestError otherwise."""
+    if isinstance(value, bool | np.bool_):
+        number = math.nan
+    else:
+        try:
+            number = float(value)
+        except OverflowError:  # an int beyond float's range
+            number = math.inf
+        except (TypeError, ValueError):
+            raise RequestError(f"grid {name} must be a number, got {_show(value)}",
+                               hint=hint) from None
+    if not math.isfinite(number):
+        raise RequestError(f"grid {name} must be a finite number, got {_show(value)}",
+                           hint=hint)
+    return number
+
+
+_EPSG_HINT = "pass an EPSG code as an integer: a projected CRS such as a UTM zone, e.g. 32632"
+
+
+def _metric_crs(epsg: int) -> CRS:
+    """The CRS of a code usable by :meth:`GridSpec.from_bbox`: projected, in metres."""
+    crs = _crs(epsg)
+    units = {axis.unit_name for axis in crs.axis_info}
+    if not crs.is_projected or units != {"metre"}:
+        kind = ("geographic (degrees)" if crs.is_geographic else
+                "not projected" if not crs.is_projected else f"in {', '.join(sorted(units))}")
+        raise RequestError(f"grid CRS EPSG:{epsg} ({crs.name}) is {kind}",
+                           hint="the resolution is in metres: use a projected CRS in metres, or "
+                                "leave epsg out to get the bbox's UTM zone")
+    return crs
+
+
+def _default_crs_distortion(epsg: int, bbox: tuple[float, float, float, float]) -> float:
+    """Largest scale distortion (k - 1) of the default UTM/UPS CRS over a lon/lat bbox.
+
+    Spherical formulas: ample for deciding whether one zone can hold the bbox.
+    """
+    west, south, east, north = bbox
+    k0 = 0.9996 if epsg not in (32661, 32761) else 0.994
+    if epsg in (32661, 32761):  # polar stereographic: worst at the latitude furthest from the pole
+        far = south if epsg == 32661 else -north
+        return 2.0 * k0 / (1.0 + math.sin(math.radians(far))) - 1.0 if far > -90.0 else math.inf
+    central = (epsg % 100) * 6.0 - 183.0
+    dlon = min(max(abs(west - central), abs(east - central)), 90.0)
+    near_equator = 0.0 if south <= 0.0 <= north else min(abs(south), abs(north))
+    b = math.cos(math.radians(near_equator)) * math.sin(math.radians(dlon))
+    return k0 / math.sqrt(1.0 - b * b) - 1.0 if b < 1.0 else math.inf
 
 
 @dataclass(frozen=True)
@@ -104,31 +178,39 @@ class GridSpec:
     height: int
 
     def __post_init__(self) -> None:
-        epsg = _check_int("epsg", self.epsg, 1)
+        epsg = _check_int("epsg", self.epsg, 1, 2**31 - 1, hint=_EPSG_HINT)
         try:
             _crs(epsg)
         except CRSError:
             raise RequestError(f"grid epsg {epsg} is not a known EPSG code",
-                               hint="use a projected CRS such as a UTM zone, e.g. 32632") from None
-        try:
-            resolution = float(self.resolution)
-            x0, y0 = float(self.x0), float(self.y0)
-        except (TypeError, ValueError):
-            raise RequestError(
-                f"grid resolution/x0/y0 must be numbers, got {self.resolution!r}, "
-                f"{self.x0!r}, {self.y0!r}", hint="pass numbers in the CRS's units") from None
-        if not (math.isfinite(resolution) and resolution > 0):
+                               hint=_EPSG_HINT) from None
+        resolution = _check_float("resolution", self.resolution,
+                                  "pass the pixel size in the CRS's units (metres), e.g. 10")
+        if not resolution > 0:
             raise RequestError(f"grid resolution must be a positive number, got {resolution}",
                                hint="pass the pixel size in metres, e.g. 10")
-        if not (math.isfinite(x0) and math.isfinite(y0)):
-            raise RequestError(f"grid origin must be finite, got x0={x0}, y0={y0}",
-                               hint="pass the grid's top-left corner in the CRS's units")
+        x0 = _check_float("origin x0", self.x0, "pass the grid's top-left corner in the CRS's "
+                                                "units")
+        y0 = _check_float("origin y0", self.y0, "pass the grid's top-left corner in the CRS's "
+                                                "units")
+        width = _check_int("width", self.width, 1, MAX_GRID_SIDE)
+        height = _check_int("height", self.height, 1, MAX_GRID_SIDE)
+        if width * height > MAX_GRID_PIXELS:
+            raise RequestError(f"grid of {width} x {height} pixels is larger than "
+                               f"{MAX_GRID_PIXELS:.0e} pixels",
+                               hint="map a smaller region or use a coarser resolution")
+        # The far edges too: a huge origin or pixel size would make them inf or meaningless.
+        edges = (x0, y0, x0 + width * resolution, y0 - height * resolution)
+        if not all(abs(v) <= _MAX_COORD for v in edges):
+            raise RequestError(f"grid bounds {edges} reach beyond ±{_MAX_COORD:.0e} CRS units",
+                               hint="check the origin and resolution: they are in the CRS's "
+                                    "units (metres for UTM)")
         object.__setattr__(self, "epsg", epsg)
         object.__setattr__(self, "resolution", resolution)
         object.__setattr__(self, "x0", x0)
         object.__setattr__(self, "y0", y0)
-        object.__setattr__(self, "width", _check_int("width", self.width, 1))
-        object.__setattr__(self, "height", _check_int("height", self.height, 1))
+        object.__setattr__(self, "width", width)
+        object.__setattr__(self, "height", height)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -154,26 +236,78 @@ class GridSpec:
             its origin lies on multiples of ``resolution * align``: patches and chunks of
             ``align`` pixels then tile it exactly, and line up across requests.
 
+        Raises
+        ------
+        RequestError
+            A bad bbox (see :func:`geoflow.request.parse_bbox`); a resolution outside
+            0.01..100 000 m; an epsg that is not a known code or not a projected CRS in metres;
+            an align below 1; a bbox the CRS cannot hold (for the default UTM/UPS zone: one
+            whose edge would be stretched by more than 3.5 %, about 15° of longitude from the
+            zone's centre at the equator); a grid larger than :data:`MAX_GRID_SIDE` pixels
+            across or :data:`MAX_GRID_PIXELS` in all.
+
         Examples
         --------
         >>> g = GridSpec.from_bbox((11.0, 45.0, 11.01, 45.01), align=32)
         >>> g.shape, g.x0 % 320, g.y0 % 320
         ((160, 96), 0.0, 0.0)
+        >>> GridSpec.from_bbox((-10.0, 40.0, 30.0, 50.0))  # doctest: +ELLIPSIS
+        Traceback (most recent call last):
+        ...
+        geoflow.errors.RequestError: bbox (-10.0, 40.0, 30.0, 50.0) is too large for one ...
         """
         from geoflow.request import parse_bbox
 
         west, south, east, north = parse_bbox(bbox_lonlat)
-        if epsg is None:
+        align = _check_int("align", align, 1, MAX_GRID_SIDE)
+        resolution = _check_float("resolution", resolution, "pass the pixel size in metres, "
+                                                            "e.g. 10")
+        if not MIN_RESOLUTION_M <= resolution <= MAX_RESOLUTION_M:
+            raise RequestError(f"grid resolution {resolution} m is outside "
+                               f"{MIN_RESOLUTION_M}..{MAX_RESOLUTION_M:.0f} m",
+                               hint="pass the pixel size in metres, e.g. 10 (Sentinel-2's finest)")
+        default = epsg is None
+        if default:
             epsg = utm_epsg((west + east) / 2.0, (south + north) / 2.0)
-        align = _check_int("align", align, 1)
-        probe = cls(epsg, resolution, 0.0, 0.0, 1, 1)  # validates epsg and resolution
-        transformer = Transformer.from_crs(4326, probe.epsg, always_xy=True)
+        epsg = _check_int("epsg", epsg, 1, 2**31 - 1, hint=_EPSG_HINT)
+        try:
+            _metric_crs(epsg)
+        except CRSError:
+            raise RequestError(f"grid epsg {epsg} is not a known EPSG code",
+                               hint=_EPSG_HINT) from None
+        bbox = (west, south, east, north)
+        if default:
+            stretch = _default_crs_distortion(epsg, bbox)
+            if stretch > MAX_SCALE_DISTORTION:
+                raise RequestError(
+                    f"bbox {bbox} is too large for one UTM/UPS zone (EPSG:{epsg}): pixels at "
+                    f"its edge would be stretched by {min(stretch, 9.99) * 100:.0f} %",
+                    hint="split the bbox into smaller regions, or pass epsg= a projected CRS "
+                         "made for the whole region (e.g. 3035 for Europe)")
+        transformer = Transformer.from_crs(4326, epsg, always_xy=True)
+        # Points along the bbox edges, projected and back: a CRS that cannot hold the bbox gives
+        # inf, or points that do not come back where they were.
+        t = np.linspace(0.0, 1.0, _DENSIFY)
+        lon = np.concatenate([west + (east - west) * t, np.full(_DENSIFY, east),
+                              west + (east - west) * t, np.full(_DENSIFY, west)])
+        lat = np.concatenate([np.full(_DENSIFY, south), south + (north - south) * t,
+                              np.full(_DENSIFY, north), south + (north - south) * t])
+        with np.errstate(all="ignore"):
+            x, y = transformer.transform(lon, lat)
+            back_lon, back_lat = transformer.transform(x, y, direction="INVERSE")
+            dlon = np.abs((back_lon - lon + 180.0) % 360.0 - 180.0) * np.cos(np.radians(lat))
+            dlat = np.abs(back_lat - lat)
+        ok = np.isfinite(x).all() and np.isfinite(y).all() and bool(
+            np.all(np.nan_to_num(np.maximum(dlon, dlat), nan=1.0) < 1e-6))
+        if not ok:
+            raise RequestError(f"bbox {bbox} cannot be projected to EPSG:{epsg}",
+                               hint="choose a CRS that covers the bbox (default: its UTM zone)")
         minx, miny, maxx, maxy = transformer.transform_bounds(
             west, south, east, north, densify_pts=_DENSIFY)
         if not all(math.isfinite(v) for v in (minx, miny, maxx, maxy)):
-            raise RequestError(f"bbox {bbox_lonlat} cannot be projected to EPSG:{epsg}",
+            raise RequestError(f"bbox {bbox} cannot be projected to EPSG:{epsg}",
                                hint="choose a CRS that covers the bbox (default: its UTM zone)")
-        return cls.from_bounds((minx, miny, maxx, maxy), probe.epsg, probe.resolution, align)
+        return cls.from_bounds((minx, miny, maxx, maxy), epsg, resolution, align)
 
     @classmethod
     def from_bounds(
@@ -186,13 +320,28 @@ class GridSpec:
         >>> GridSpec.from_bounds((500001, 4999990, 500019, 5000000), 32632).shape
         (1, 2)
         """
-        left, bottom, right, top = (float(v) for v in bounds)
+        hint = "pass (left, bottom, right, top) in the CRS's units"
+        if isinstance(bounds, str | bytes) or not isinstance(bounds, Sequence | np.ndarray):
+            raise RequestError(f"grid bounds must be 4 numbers, got {_show(bounds)}", hint=hint)
+        if len(bounds) != 4:
+            raise RequestError(f"grid bounds need 4 values, got {len(bounds)}", hint=hint)
+        left, bottom, right, top = (_check_float("bounds", v, hint) for v in bounds)
         if not (left < right and bottom < top):
             raise RequestError(f"grid bounds {tuple(bounds)} are empty or inverted",
                                hint="pass (left, bottom, right, top) with left < right and "
                                     "bottom < top")
-        align = _check_int("align", align, 1)
-        step = float(resolution) * align
+        align = _check_int("align", align, 1, MAX_GRID_SIDE)
+        resolution = _check_float("resolution", resolution, "pass the pixel size, e.g. 10")
+        if not resolution > 0:
+            raise RequestError(f"grid resolution must be a positive number, got {resolution}",
+                               hint="pass the pixel size in metres, e.g. 10")
+        step = resolution * align
+        # Sizes are checked before building the grid, so that absurd bounds fail by name.
+        if max(right - left, top - bottom) / step > MAX_GRID_SIDE:
+            raise RequestError(
+                f"grid bounds {tuple(bounds)} at {resolution} per pixel would be more than "
+                f"{MAX_GRID_SIDE} pixels across",
+                hint="map a smaller region or use a coarser resolution")
         x0 = math.floor(left / step) * step
         y0 = math.ceil(top / step) * step
         # A tiny tolerance so that bounds already on the lattice do not gain a pixel.
@@ -302,6 +451,9 @@ class GridSpec:
         ...                     "width": 1, "height": 1}).bounds
         (0.0, -10.0, 10.0, 0.0)
         """
+        if not isinstance(data, Mapping):
+            raise RequestError(f"grid dict must be a mapping, got {type(data).__name__}",
+                               hint="pass a dict written by GridSpec.to_dict()")
         keys = ("epsg", "resolution", "x0", "y0", "width", "height")
         missing = [k for k in keys if k not in data]
         if missing:
@@ -310,4 +462,5 @@ class GridSpec:
         return cls(**{k: data[k] for k in keys})
 
 
-__all__ = ["GridSpec", "utm_epsg"]
+__all__ = ["MAX_GRID_PIXELS", "MAX_GRID_SIDE", "MAX_RESOLUTION_M", "MIN_RESOLUTION_M",
+           "GridSpec", "utm_epsg"]

@@ -16,13 +16,15 @@ Examples
 from __future__ import annotations
 
 import math
+import numbers
 import os
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence, Set
 from dataclasses import asdict, dataclass
-from datetime import date, datetime
+from datetime import UTC, date, datetime, timedelta, timezone
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from geoflow.errors import RequestError
@@ -37,8 +39,64 @@ MAX_AREA_ENV = "GEOFLOW_MAX_AREA_KM2"
 # is exact in closed form and within ~0.5 % of the ellipsoidal area at any latitude.
 _AUTHALIC_RADIUS_KM = 6371.0072
 
+#: First and last day (UTC, inclusive) a request may cover. Sentinel-1 data start in 2014 and
+#: Sentinel-2 in 2015; the end leaves room for future requests while keeping every timestamp
+#: far inside pandas' nanosecond range (which ends in 2262).
+FIRST_DATE = date(2014, 1, 1)
+LAST_DATE = date(2100, 12, 31)
+_FIRST_TS = pd.Timestamp(FIRST_DATE, tz="UTC")
+_END_TS = pd.Timestamp(LAST_DATE + timedelta(days=1), tz="UTC")  # exclusive
+
 Bbox = tuple[float, float, float, float]
 _BBOX_FORMAT = "pass the bbox as W,S,E,N in degrees (lon/lat), e.g. 11.0,45.0,11.2,45.2"
+_DATES_FORMAT = ("use ISO 8601 dates, e.g. 2024-06-01/2024-06-30 or "
+                 "2024-06-01T10:00:00Z/2024-06-02T00:00:00Z")
+# A plain decimal number: Python's float() also takes "1_0", "0x..."-like junk via int paths,
+# non-ASCII digits and "nan"/"inf", none of which a user means as a coordinate.
+_DECIMAL = re.compile(r"[+-]?(?:[0-9]+(?:\.[0-9]*)?|\.[0-9]+)(?:[eE][+-]?[0-9]+)?")
+# ISO 8601 extended format: a date, optionally a time (hh, hh:mm or hh:mm:ss[.f]) and a zone.
+_ISO_DATETIME = re.compile(
+    r"(?P<y>[0-9]{4})-(?P<m>[0-9]{2})-(?P<d>[0-9]{2})"
+    r"(?:[Tt ](?P<H>[0-9]{2})(?::(?P<M>[0-9]{2})(?::(?P<S>[0-9]{2})(?:[.,](?P<f>[0-9]+))?)?)?"
+    r"(?P<tz>[Zz]|[+-][0-9]{2}(?::?[0-9]{2})?)?)?")
+
+
+def _show(value: Any, limit: int = 60) -> str:
+    """``repr(value)``, shortened so that a huge input cannot flood an error message."""
+    text = repr(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}... ({len(text)} characters)"
+
+
+def _label(what: str, value: Any) -> str:
+    """``what value`` for messages; ``NAME=value`` when ``what`` ends with ``=``."""
+    return f"{what}{_show(value)}" if what.endswith("=") else f"{what} {_show(value)}"
+
+
+def _number(value: Any, what: str, hint: str) -> float:
+    """A float from a real number or a plain decimal string; NaN and inf are returned as is.
+
+    Bools, bytes, complex numbers, arrays and other objects are refused, as are strings that
+    Python's ``float`` reads but a person would not write as a number (``"1_0"``, ``"nan"``,
+    non-ASCII digits).
+    """
+    if isinstance(value, bool | np.bool_):
+        raise RequestError(f"{_label(what, value)} is not a number", hint=hint)
+    if isinstance(value, str):
+        text = value.strip()
+        if not _DECIMAL.fullmatch(text):
+            if text.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+                raise RequestError(f"{_label(what, value)} is not a finite number", hint=hint)
+            raise RequestError(f"{_label(what, value)} is not a number", hint=hint)
+        return float(text)  # a huge exponent gives inf, a tiny one 0.0: never an exception
+    if isinstance(value, numbers.Real):
+        try:
+            return float(value)
+        except (OverflowError, ValueError, TypeError):
+            # Beyond float's range (a huge int): too large for a coordinate or a limit anyway.
+            return math.inf if value > 0 else -math.inf  # type: ignore[operator]
+    raise RequestError(f"{_label(what, value)} is not a number", hint=hint)
 
 
 def parse_bbox(value: str | Sequence[Any]) -> Bbox:
@@ -68,30 +126,35 @@ def parse_bbox(value: str | Sequence[Any]) -> Bbox:
     >>> parse_bbox([11, 45, 11.2, 45.2])
     (11.0, 45.0, 11.2, 45.2)
     """
+    if isinstance(value, bytes | bytearray | memoryview):
+        raise RequestError(f"bbox must be text or 4 numbers, got {type(value).__name__}",
+                           hint=f"{_BBOX_FORMAT} (decode bytes first)")
     if isinstance(value, str):
         parts: list[Any] = [p for p in re.split(r"[,\s]+", value.strip()) if p]
+    elif isinstance(value, Set | Mapping):
+        # Sets and dicts have no W,S,E,N order.
+        raise RequestError(f"bbox must be a string or 4 numbers in order, got "
+                           f"{type(value).__name__}", hint=_BBOX_FORMAT)
     elif isinstance(value, Sequence) or hasattr(value, "__iter__"):
-        parts = list(value)
+        try:
+            parts = list(value)
+        except TypeError:  # e.g. a 0-d numpy array
+            raise RequestError(f"bbox must be a string or 4 numbers, got {_show(value)}",
+                               hint=_BBOX_FORMAT) from None
     else:
         raise RequestError(f"bbox must be a string or 4 numbers, got {type(value).__name__}",
                            hint=_BBOX_FORMAT)
     if len(parts) != 4:
-        raise RequestError(f"bbox needs 4 values (W,S,E,N), got {len(parts)}: {value!r}",
+        raise RequestError(f"bbox needs 4 values (W,S,E,N), got {len(parts)}: {_show(value)}",
                            hint=_BBOX_FORMAT)
-    numbers: list[float] = []
+    numbers_: list[float] = []
     for name, part in zip(("west", "south", "east", "north"), parts, strict=True):
-        try:
-            if isinstance(part, bool):
-                raise TypeError
-            number = float(part)
-        except (TypeError, ValueError):
-            raise RequestError(f"bbox {name} value {part!r} is not a number",
-                               hint=_BBOX_FORMAT) from None
+        number = _number(part, f"bbox {name} value", _BBOX_FORMAT)
         if not math.isfinite(number):
-            raise RequestError(f"bbox {name} value {part!r} is not a finite number",
+            raise RequestError(f"bbox {name} value {_show(part)} is not a finite number",
                                hint=_BBOX_FORMAT)
-        numbers.append(number)
-    west, south, east, north = numbers
+        numbers_.append(number + 0.0)  # + 0.0 turns -0.0 into 0.0: one bbox, one value
+    west, south, east, north = numbers_
     for name, lon in (("west", west), ("east", east)):
         if not -180.0 <= lon <= 180.0:
             raise RequestError(f"bbox {name} longitude {lon} is outside -180..180",
@@ -125,37 +188,85 @@ def bbox_area_km2(bbox: Sequence[float]) -> float:
         math.sin(math.radians(north)) - math.sin(math.radians(south)))
 
 
+def _parse_iso(text: str, what: str, value: Any) -> tuple[datetime, bool]:
+    """A datetime from strict ISO 8601 text (naive means UTC) and whether it named a whole day.
+
+    pandas' own parser is lenient (it reads "June" as year 1, drops unknown zone names with a
+    warning, takes "10:00 PM"), so the format is checked here and the fields built by hand.
+    """
+    match = _ISO_DATETIME.fullmatch(text)
+    if match is None:
+        if re.match(r"[0-9]{5,}-", text):
+            raise RequestError(f"{what} date {_show(value)} has a year of more than 4 digits",
+                               hint=f"give dates from {FIRST_DATE} to {LAST_DATE}; "
+                                    f"{_DATES_FORMAT}")
+        raise RequestError(f"{what} date {_show(value)} is not a date", hint=_DATES_FORMAT)
+    g = match.groupdict()
+    try:
+        day = datetime(int(g["y"]), int(g["m"]), int(g["d"]))
+    except ValueError as err:  # month 13, 30 February, year 0
+        raise RequestError(f"{what} date {_show(value)} is not a date ({err})",
+                           hint=_DATES_FORMAT) from None
+    if g["H"] is None:
+        return day, True
+    fraction = (g["f"] or "")[:6].ljust(6, "0")  # STAC times go to microseconds
+    try:
+        moment = day.replace(hour=int(g["H"]), minute=int(g["M"] or 0),
+                             second=int(g["S"] or 0), microsecond=int(fraction))
+    except ValueError as err:  # 25:00, 10:61
+        raise RequestError(f"{what} date {_show(value)} has an invalid time of day ({err})",
+                           hint=_DATES_FORMAT) from None
+    zone = g["tz"]
+    if zone and zone not in "Zz":
+        digits = zone[1:].replace(":", "")
+        hours, minutes = int(digits[:2]), int(digits[2:] or 0)
+        if hours > 23 or minutes > 59:
+            raise RequestError(f"{what} date {_show(value)} has an invalid UTC offset {zone}",
+                               hint=f"UTC offsets run from -23:59 to +23:59 (Z for UTC); "
+                                    f"{_DATES_FORMAT}")
+        offset = timedelta(hours=hours, minutes=minutes)
+        moment = moment.replace(tzinfo=timezone(-offset if zone[0] == "-" else offset))
+    elif zone:
+        moment = moment.replace(tzinfo=UTC)
+    return moment, False
+
+
 def _timestamp(value: Any, what: str) -> tuple[pd.Timestamp, bool]:
     """A UTC timestamp and whether the input named a whole day (no time of day)."""
-    if isinstance(value, pd.Timestamp | datetime):
-        ts = pd.Timestamp(value)
-        day_only = False
-    elif isinstance(value, date):
-        ts = pd.Timestamp(value)
-        day_only = True
-    elif isinstance(value, str):
+    day_only = False
+    if value is pd.NaT or (isinstance(value, np.datetime64) and np.isnat(value)):
+        raise RequestError(f"{what} date is missing (NaT)",
+                           hint="give both dates, e.g. 2024-06-01/2024-06-30")
+    if isinstance(value, str):
         text = value.strip()
         if not text or text == "..":
-            raise RequestError(f"{what} date is missing ({value!r})",
+            raise RequestError(f"{what} date is missing ({_show(value)})",
                                hint="give both dates, e.g. 2024-06-01/2024-06-30 (open ranges "
                                     "are not supported)")
-        day_only = re.fullmatch(r"\d{4}-\d{2}-\d{2}", text) is not None
-        try:
-            # pandas reads words like "June" as year 1: insist on ISO 8601's YYYY-MM-DD start.
-            if not re.match(r"\d{4}-\d{2}-\d{2}", text):
-                raise ValueError(text)
-            ts = pd.Timestamp(text)
-        except (ValueError, TypeError, OverflowError):
-            raise RequestError(f"{what} date {value!r} is not a date",
-                               hint="use ISO 8601 dates, e.g. 2024-06-01/2024-06-30 or "
-                                    "2024-06-01T10:00:00Z/2024-06-02T00:00:00Z") from None
+        parsed, day_only = _parse_iso(text, what, value)
+        raw: Any = parsed
+    elif isinstance(value, pd.Timestamp | datetime | np.datetime64):
+        raw = value
+    elif isinstance(value, date):
+        raw, day_only = value, True
     else:
-        raise RequestError(f"{what} date {value!r} is not a date or a string",
-                           hint="use ISO 8601 dates, e.g. 2024-06-01/2024-06-30")
-    if ts is pd.NaT or pd.isna(ts):
-        raise RequestError(f"{what} date {value!r} is not a date",
-                           hint="use ISO 8601 dates, e.g. 2024-06-01/2024-06-30")
-    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        raise RequestError(f"{what} date {_show(value)} is not a date or a string",
+                           hint=_DATES_FORMAT)
+    supported = (f"give dates from {FIRST_DATE} to {LAST_DATE} (Sentinel-1 data start in 2014, "
+                 f"Sentinel-2 in 2015), e.g. 2024-06-01/2024-06-30")
+    try:
+        ts = pd.Timestamp(raw)
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        inside = _FIRST_TS <= ts < _END_TS
+    except (ValueError, OverflowError):  # pandas' OutOfBoundsDatetime: far past or future
+        inside = False
+    except TypeError:  # a tzinfo pandas cannot use
+        raise RequestError(f"{what} date {_show(value)} has a time zone that cannot be read",
+                           hint="use a UTC offset (datetime.timezone) or a zoneinfo zone"
+                           ) from None
+    if not inside:
+        raise RequestError(f"{what} date {_show(value)} is outside the supported range "
+                           f"{FIRST_DATE}..{LAST_DATE}", hint=supported)
     return ts, day_only
 
 
@@ -165,8 +276,11 @@ def parse_dates(value: str | Sequence[Any]) -> tuple[pd.Timestamp, pd.Timestamp]
     Parameters
     ----------
     value
-        ``"START/END"`` (ISO 8601 dates or date-times), a single day ``"2024-06-01"``, or a
-        pair ``(start, end)`` of strings, dates or datetimes. Naive times are UTC.
+        ``"START/END"`` (ISO 8601 dates or date-times, extended format:
+        ``YYYY-MM-DD[Thh[:mm[:ss[.f]]][Z|±hh[:mm]]]``), a single day ``"2024-06-01"``, or a
+        pair ``(start, end)`` of strings, dates, datetimes or ``numpy.datetime64``. Naive
+        times are UTC. Both ends must lie in :data:`FIRST_DATE` .. :data:`LAST_DATE`
+        (2014-01-01 .. 2100-12-31, UTC): Sentinel-1 data start in 2014.
 
     Returns
     -------
@@ -176,26 +290,32 @@ def parse_dates(value: str | Sequence[Any]) -> tuple[pd.Timestamp, pd.Timestamp]
     Raises
     ------
     RequestError
-        Not two dates, a string that is not a date, or start after end.
+        Not two dates, a string that is not an ISO 8601 date (or names a day, time or UTC
+        offset that does not exist), a date outside the supported range, or start after end.
 
     Examples
     --------
     >>> start, end = parse_dates("2024-06-01/2024-06-30")
     >>> start.isoformat(), end.isoformat()
     ('2024-06-01T00:00:00+00:00', '2024-06-30T23:59:59.999999+00:00')
+    >>> parse_dates("2300-01-01/2300-02-01")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    geoflow.errors.RequestError: start date '2300-01-01' is outside the supported range ...
     """
     hint = "pass dates as START/END, e.g. 2024-06-01/2024-06-30"
     if isinstance(value, str):
         parts: list[Any] = value.split("/")
         if len(parts) == 1:
             parts = [parts[0], parts[0]]
-    elif isinstance(value, Sequence):
+    elif isinstance(value, Sequence) and not isinstance(value, bytes | bytearray | memoryview):
         parts = list(value)
     else:
-        raise RequestError(f"dates must be a 'START/END' string or a pair, got {value!r}",
+        raise RequestError(f"dates must be a 'START/END' string or a pair, got {_show(value)}",
                            hint=hint)
     if len(parts) != 2:
-        raise RequestError(f"dates need a start and an end, got {len(parts)} values: {value!r}",
+        raise RequestError(f"dates need a start and an end, got {len(parts)} values: "
+                           f"{_show(value)}",
                            hint=hint)
     start, _ = _timestamp(parts[0], "start")
     end, end_day_only = _timestamp(parts[1], "end")
@@ -208,21 +328,23 @@ def parse_dates(value: str | Sequence[Any]) -> tuple[pd.Timestamp, pd.Timestamp]
     return start, end
 
 
-def _max_area(max_area_km2: float | None) -> float:
+def _area_limit(value: Any, what: str, hint: str) -> float:
+    """A positive area limit in km² (``inf`` means no limit)."""
+    limit = _number(value, what, hint)
+    if math.isnan(limit) or not limit > 0:
+        raise RequestError(f"{_label(what, value)} must be a positive number", hint=hint)
+    return limit
+
+
+def _max_area(max_area_km2: Any) -> float:
     if max_area_km2 is not None:
-        return float(max_area_km2)
+        return _area_limit(max_area_km2, "max_area_km2=",
+                           "give the largest bbox area in km², e.g. max_area_km2=100000")
     env = os.environ.get(MAX_AREA_ENV)
     if env is None or not env.strip():
         return DEFAULT_MAX_AREA_KM2
-    try:
-        limit = float(env)
-    except ValueError:
-        raise RequestError(f"{MAX_AREA_ENV}={env!r} is not a number",
-                           hint=f"set {MAX_AREA_ENV} to an area in km², e.g. 100000") from None
-    if not limit > 0:
-        raise RequestError(f"{MAX_AREA_ENV}={env!r} must be positive",
-                           hint=f"set {MAX_AREA_ENV} to an area in km², e.g. 100000")
-    return limit
+    return _area_limit(env, f"{MAX_AREA_ENV}=",
+                       f"set {MAX_AREA_ENV} to an area in km², e.g. 100000")
 
 
 def _iso_z(ts: pd.Timestamp) -> str:
@@ -241,7 +363,8 @@ class Request:
     start, end
         UTC timestamps, both inclusive.
     max_cloud
-        Largest Sentinel-2 scene cloud cover in percent (0..100), or None for no limit.
+        Largest Sentinel-2 scene cloud cover in percent (0..100; a number or a decimal string),
+        or None for no limit.
 
     Examples
     --------
@@ -267,13 +390,10 @@ class Request:
         object.__setattr__(self, "start", start)
         object.__setattr__(self, "end", end)
         if self.max_cloud is not None:
-            try:
-                cloud = float(self.max_cloud)
-            except (TypeError, ValueError):
-                raise RequestError(f"max_cloud {self.max_cloud!r} is not a number",
-                                   hint="give a cloud cover limit in percent, 0..100") from None
-            if not 0.0 <= cloud <= 100.0:
-                raise RequestError(f"max_cloud {self.max_cloud!r} is outside 0..100",
+            cloud = _number(self.max_cloud, "max_cloud",
+                            "give a cloud cover limit in percent, 0..100")
+            if not 0.0 <= cloud <= 100.0:  # NaN fails this too
+                raise RequestError(f"max_cloud {_show(self.max_cloud)} is outside 0..100",
                                    hint="give a cloud cover limit in percent, 0..100")
             object.__setattr__(self, "max_cloud", cloud)
         if self.start > self.end:
@@ -297,12 +417,13 @@ class Request:
         Parameters
         ----------
         max_area_km2
-            Largest bbox area allowed; default from ``GEOFLOW_MAX_AREA_KM2`` or 25 000 km².
+            Largest bbox area allowed (a positive number, ``inf`` for no limit); default from
+            ``GEOFLOW_MAX_AREA_KM2`` or 25 000 km².
 
         Raises
         ------
         RequestError
-            The bbox is larger than the area limit.
+            The bbox is larger than the area limit, or the limit is not a positive number.
 
         Examples
         --------
@@ -336,7 +457,7 @@ class Request:
         max_cloud
             Largest Sentinel-2 scene cloud cover in percent, or None.
         max_area_km2
-            Area limit (default: ``GEOFLOW_MAX_AREA_KM2`` or 25 000 km²).
+            Area limit, positive (``inf``: none); default ``GEOFLOW_MAX_AREA_KM2`` or 25 000 km².
 
         Examples
         --------
@@ -364,6 +485,8 @@ class Request:
 
 __all__ = [
     "DEFAULT_MAX_AREA_KM2",
+    "FIRST_DATE",
+    "LAST_DATE",
     "MAX_AREA_ENV",
     "Request",
     "bbox_area_km2",

@@ -146,16 +146,115 @@ def test_explicit_epsg_and_resolution() -> None:
         ({"epsg": 999999}, "not a known EPSG code"),
         ({"epsg": "32632"}, "epsg must be an integer"),
         ({"resolution": 0}, "resolution must be a positive number"),
-        ({"resolution": float("nan")}, "resolution must be a positive number"),
+        ({"resolution": float("nan")}, "resolution must be a finite number"),
         ({"width": 0}, "width must be at least 1"),
         ({"height": 2.5}, "height must be an integer"),
-        ({"x0": float("inf")}, "origin must be finite"),
+        ({"x0": float("inf")}, "origin x0 must be a finite number"),
+        # Inputs that used to escape as OverflowError, or build absurd grids.
+        ({"x0": 10**400}, "origin x0 must be a finite number"),
+        ({"resolution": 10**400}, "resolution must be a finite number"),
+        ({"resolution": True}, "resolution must be a finite number"),
+        ({"y0": None}, "origin y0 must be a number"),
+        ({"epsg": True}, "epsg must be an integer"),
+        ({"epsg": 2**63}, "epsg must be at most"),
+        ({"width": 10**20}, "width must be at most 10000000"),
+        ({"width": 1e300}, "width must be at most"),
+        ({"width": 2_000_000, "height": 2_000_000}, "larger than 1e\\+12 pixels"),
+        ({"x0": 1e308, "width": 10}, "reach beyond"),
+        ({"resolution": 1e300}, "reach beyond"),
     ],
 )
 def test_invalid_grids(kwargs: dict, match: str) -> None:
     base = {"epsg": 32632, "resolution": 10.0, "x0": 0.0, "y0": 0.0, "width": 1, "height": 1}
-    with pytest.raises(RequestError, match=match):
+    with pytest.raises(RequestError, match=match) as info:
         GridSpec(**{**base, **kwargs})
+    assert info.value.hint
+
+
+B = (11.0, 45.0, 11.01, 45.01)
+
+
+@pytest.mark.parametrize(
+    ("args", "kwargs", "match"),
+    [
+        ((B,), {"resolution": 0}, r"resolution 0.0 m is outside 0.01..100000 m"),
+        ((B,), {"resolution": -10}, "outside 0.01..100000 m"),
+        ((B,), {"resolution": 1e-300}, "outside 0.01..100000 m"),
+        ((B,), {"resolution": 1e6}, "outside 0.01..100000 m"),
+        ((B,), {"resolution": float("inf")}, "resolution must be a finite number"),
+        ((B,), {"resolution": 10**400}, "resolution must be a finite number"),
+        ((B,), {"resolution": "ten"}, "resolution must be a number"),
+        ((B,), {"epsg": 4326}, r"EPSG:4326 \(WGS 84\) is geographic"),
+        ((B,), {"epsg": 4978}, "is not projected"),
+        ((B,), {"epsg": 2263}, "is in US survey foot"),
+        ((B,), {"epsg": 999999}, "not a known EPSG code"),
+        ((B,), {"epsg": "32632"}, "epsg must be an integer"),
+        ((B,), {"epsg": 32632.5}, "epsg must be an integer"),
+        ((B,), {"align": 1.5}, "align must be an integer"),
+        ((B,), {"align": 10**30}, "align must be at most"),
+        ((B,), {"align": 10**7}, "larger than 1e\\+12 pixels"),
+        ((B,), {"resolution": 0.01, "align": 1}, None),  # fine: a 1 km bbox at 1 cm
+        (((-10.0, 1.0, 11.0, 50.0),), {"resolution": 0.01}, "more than 10000000 pixels"),
+        # Too wide for one UTM zone, or a pole cap reaching far south: no sensible grid.
+        (((-180.0, -90.0, 180.0, 90.0),), {}, "too large for one UTM/UPS zone"),
+        (((0.0, 0.0, 180.0, 1.0),), {}, "too large for one UTM/UPS zone"),
+        (((-10.0, 40.0, 30.0, 50.0),), {}, "too large for one UTM/UPS zone"),
+        (((179.0, 0.0, 180.0, 0.0),), {}, "south .* is not less than north"),
+        (((179.0, 0.0, -179.0, 1.0),), {}, "crossing the antimeridian"),
+        (((0.0, 0.0, 1e-300, 1e-300),), {}, "empty or inverted"),
+        ((None,), {}, "bbox must be a string or 4 numbers"),
+    ],
+)
+def test_invalid_from_bbox(args: tuple, kwargs: dict, match: str | None) -> None:
+    if match is None:
+        assert GridSpec.from_bbox(*args, **kwargs).width > 0
+        return
+    with pytest.raises(RequestError, match=match) as info:
+        GridSpec.from_bbox(*args, **kwargs)
+    assert info.value.hint
+
+
+def test_near_poles_and_antimeridian_get_a_grid() -> None:
+    for bbox, epsg in [((179.9, 0.0, 180.0, 0.1), 32660), ((-180.0, 0.0, -179.9, 0.1), 32601),
+                       ((0.0, 89.9, 0.1, 90.0), 32661), ((0.0, -90.0, 0.1, -89.9), 32761),
+                       ((0.0, 83.9, 0.1, 84.1), 32631), ((-10.0, 50.0, 10.0, 70.0), 32631),
+                       # Up to a pole: transverse Mercator holds it.
+                       ((0.0, 50.0, 10.0, 90.0), 32631), ((0.0, -90.0, 10.0, -50.0), 32731)]:
+        grid = GridSpec.from_bbox(bbox)
+        assert grid.epsg == epsg and grid.width > 0 and grid.height > 0
+
+
+def test_explicit_projected_crs_that_cannot_hold_the_bbox() -> None:
+    # Web Mercator stretches towards the pole without end: a grid up to it is refused by size.
+    with pytest.raises(RequestError, match="more than 10000000 pixels across"):
+        GridSpec.from_bbox((0.0, 89.0, 1.0, 90.0), epsg=3857)
+
+
+@pytest.mark.parametrize(
+    ("bounds", "match"),
+    [
+        ((0, 0, 1, 1, 1), "need 4 values, got 5"),
+        (None, "bounds must be 4 numbers"),
+        ("0,0,1,1", "bounds must be 4 numbers"),
+        (("a", 0, 1, 1), "bounds must be a number"),
+        ((0, 0, float("inf"), 1), "bounds must be a finite number"),
+        ((float("nan"), 0, 1, 1), "bounds must be a finite number"),
+        ((0, 0, 1e308, 1e308), "more than 10000000 pixels across"),
+    ],
+)
+def test_invalid_from_bounds(bounds: object, match: str) -> None:
+    with pytest.raises(RequestError, match=match):
+        GridSpec.from_bounds(bounds, 32632)  # type: ignore[arg-type]
+
+
+def test_from_dict_refuses_a_non_mapping_and_window_far_away() -> None:
+    with pytest.raises(RequestError, match="grid dict must be a mapping, got NoneType"):
+        GridSpec.from_dict(None)  # type: ignore[arg-type]
+    grid = GridSpec(32632, 10.0, 500000.0, 5000000.0, 4, 3)
+    with pytest.raises(RequestError, match="reach beyond"):
+        grid.window(2**70, 0, 1, 1)
+    with pytest.raises(RequestError, match="reach beyond"):
+        grid.coarsen(2**70)
 
 
 def test_from_dict_names_missing_keys_and_from_bbox_checks_bbox() -> None:

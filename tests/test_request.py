@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import math
+from datetime import date, datetime, timedelta, timezone
 
+import numpy as np
 import pandas as pd
 import pytest
 from hypothesis import given, settings
@@ -12,6 +14,8 @@ from hypothesis import strategies as st
 from geoflow.errors import GeoflowError, RequestError
 from geoflow.request import (
     DEFAULT_MAX_AREA_KM2,
+    FIRST_DATE,
+    LAST_DATE,
     MAX_AREA_ENV,
     Request,
     bbox_area_km2,
@@ -74,12 +78,31 @@ def test_latitude_out_of_range(lat: float) -> None:
         ((0, 0, 1, True), "north value True is not a number"),
         (42, "must be a string or 4 numbers"),
         ("", "needs 4 values"),
+        # Inputs that used to escape as OverflowError or be read as numbers nobody meant.
+        ((10**400, 0, 1, 1), "west value 1000.* is not a finite number"),
+        ("1e400,0,1,1", "west value '1e400' is not a finite number"),
+        ("nan,0,1,1", "west value 'nan' is not a finite number"),
+        ("0x10,0,1,1", "west value '0x10' is not a number"),
+        ("1_0,0,11,1", "west value '1_0' is not a number"),
+        ("\u0661,0,2,1", "west value '\u0661' is not a number"),
+        ("   ", "needs 4 values.*got 0"),
+        (None, "must be a string or 4 numbers, got NoneType"),
+        (b"1,2,3,4", "must be text or 4 numbers, got bytes"),
+        (memoryview(b"1234"), "must be text or 4 numbers, got memoryview"),
+        ({1, 2, 3, 4}, "4 numbers in order, got set"),
+        ({"w": 1, "s": 2, "e": 3, "n": 4}, "4 numbers in order, got dict"),
+        (np.float64(1.0), "must be a string or 4 numbers"),
+        (np.array(1.0), "must be a string or 4 numbers"),
+        ([[1], [2], [3], [4]], "west value \\[1\\] is not a number"),
+        ((0, 0, complex(1, 0), 1), "east value .* is not a number"),
+        ("1" * 100_000, "needs 4 values .*, got 1: '1111.*characters\\)\\. Fix"),
     ],
 )
 def test_malformed_bbox(value: object, match: str) -> None:
     with pytest.raises(RequestError, match=match) as info:
         parse_bbox(value)  # type: ignore[arg-type]
     assert info.value.hint and "W,S,E,N" in info.value.hint
+    assert len(info.value.message) < 200  # a huge input is shortened, not echoed
     assert isinstance(info.value, GeoflowError) and isinstance(info.value, ValueError)
 
 
@@ -97,8 +120,7 @@ def test_area_of_one_degree_at_equator_and_60n() -> None:
         pytest.approx(0.5, abs=0.005))
 
 
-days = st.dates(min_value=pd.Timestamp("1990-01-01").date(),
-                max_value=pd.Timestamp("2090-01-01").date())
+days = st.dates(min_value=FIRST_DATE, max_value=LAST_DATE)
 
 
 @settings(deadline=None)
@@ -142,12 +164,118 @@ def test_dates_with_times_and_zones() -> None:
         ("2024-06-01/", "end date is missing"),
         (("2024-06-01",), "start and an end, got 1"),
         (20240601, "must be a 'START/END' string"),
+        # Far past and future: these used to escape as pandas' OutOfBoundsDatetime.
+        ("2300-01-01/2300-02-01", "start date '2300-01-01' is outside the supported range "
+                                  "2014-01-01..2100-12-31"),
+        ("9999-12-31", "start date '9999-12-31' is outside the supported range"),
+        ("0001-01-01/0002-01-01", "start date '0001-01-01' is outside the supported range"),
+        ("2262-04-12", "outside the supported range"),
+        ("2024-06-01/12024-06-01", "end date '12024-06-01' has a year of more than 4 digits"),
+        ("2013-12-31/2024-06-01", "start date '2013-12-31' is outside the supported range"),
+        ("2101-01-01", "outside the supported range"),
+        ("2014-01-01T00:30:00+01:00/2024-06-01", "outside the supported range"),
+        ((date(1, 1, 1), date(2, 1, 1)), "outside the supported range"),
+        ((datetime(9999, 1, 1), datetime(9999, 1, 2)), "outside the supported range"),
+        ((np.datetime64("2300-01-01"), "2300-02-01"), "outside the supported range"),
+        # Days, times and zones that do not exist (some were read as something else before).
+        ("2024-02-30", "start date '2024-02-30' is not a date \\(day is out of range"),
+        ("2024-06-01T25:00", "invalid time of day"),
+        ("2024-06-01T23:60", "invalid time of day"),
+        ("2024-06-01T10:00:00+25:00", "invalid UTC offset \\+25:00"),
+        ("2024-06-01T10:00:00+02:75", "invalid UTC offset"),
+        ("2024-06-01T10:00:00 EST", "is not a date"),  # pandas dropped EST with a warning
+        ("2024-06-01 10:00 PM", "is not a date"),
+        ("2024-06-01x10:00", "is not a date"),
+        ("\uff12\uff10\uff12\uff14-06-01", "is not a date"),  # full-width digits
+        ("2024-06-01T10:00:00\x00", "is not a date"),
+        ("   ", "start date is missing"),
+        (("2024-06-01" + "0" * 100_000, "2024-06-02"), "characters\\) is not a date"),
+        ((None, "2024-06-01"), "start date None is not a date or a string"),
+        ((b"2024-06-01", "2024-06-02"), "start date b'2024-06-01' is not a date or a string"),
+        ((np.datetime64("NaT"), "2024-06-01"), "start date is missing \\(NaT\\)"),
+        ((pd.NaT, "2024-06-01"), "start date is missing \\(NaT\\)"),
+        ((True, False), "start date True is not a date or a string"),
+        (b"2024-06-01/2024-06-02", "must be a 'START/END' string or a pair"),
     ],
 )
 def test_bad_dates(value: object, match: str) -> None:
     with pytest.raises(RequestError, match=match) as info:
         parse_dates(value)  # type: ignore[arg-type]
     assert "2024-06-01/2024-06-30" in (info.value.hint or "")
+    assert len(info.value.message) < 250
+
+
+def test_supported_range_is_documented_in_the_error() -> None:
+    with pytest.raises(RequestError) as info:
+        Request.from_user("11,45,11.1,45.1", "2300-01-01/2300-02-01")
+    assert "2014-01-01" in info.value.hint and "2100-12-31" in info.value.hint  # type: ignore
+    assert "Sentinel-1" in info.value.hint  # type: ignore[operator]
+
+
+def test_future_dates_within_the_range_parse() -> None:
+    start, end = parse_dates("2099-06-01/2100-12-31")
+    assert start == pd.Timestamp("2099-06-01", tz="UTC")
+    assert end == pd.Timestamp("2101-01-01", tz="UTC") - pd.Timedelta(microseconds=1)
+    assert parse_dates("2014-01-01")[0] == pd.Timestamp("2014-01-01", tz="UTC")
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("2024-06-01T10", "2024-06-01T10:00:00Z"),
+        ("2024-06-01 10:00", "2024-06-01T10:00:00Z"),
+        ("2024-06-01t10:00:00z", "2024-06-01T10:00:00Z"),
+        ("2024-06-01T10:00:00+0530", "2024-06-01T04:30:00Z"),
+        ("2024-06-01T10:00:00-02", "2024-06-01T12:00:00Z"),
+        ("2024-06-01T10:00:00.1234567891", "2024-06-01T10:00:00.123456Z"),
+        ("2024-06-01T10:00:00,5Z", "2024-06-01T10:00:00.500000Z"),
+        (" 2024-06-01T10:00:00Z ", "2024-06-01T10:00:00Z"),
+    ],
+)
+def test_iso_8601_forms_that_parse(value: str, expected: str) -> None:
+    start, end = parse_dates(f"{value}/{value}")
+    assert start == end == pd.Timestamp(expected)
+
+
+def test_dates_objects_with_time_zones() -> None:
+    plus5 = timezone(timedelta(hours=5))
+    start, end = parse_dates((datetime(2024, 6, 1, 5, tzinfo=plus5),
+                              np.datetime64("2024-06-02T00:00")))
+    assert start == pd.Timestamp("2024-06-01T00:00Z") and str(start.tz) == "UTC"
+    assert end == pd.Timestamp("2024-06-02T00:00Z")
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "match"),
+    [
+        ({"max_cloud": "abc"}, "max_cloud 'abc' is not a number"),
+        ({"max_cloud": float("nan")}, "max_cloud nan is outside 0..100"),
+        ({"max_cloud": "nan"}, "max_cloud 'nan' is not a finite number"),
+        ({"max_cloud": 10**400}, "max_cloud 1000.* is outside 0..100"),
+        ({"max_cloud": True}, "max_cloud True is not a number"),
+        ({"max_cloud": b"5"}, "max_cloud b'5' is not a number"),
+        ({"max_cloud": np.array([1, 2])}, "max_cloud array.* is not a number"),
+        ({"max_area_km2": "abc"}, "max_area_km2='abc' is not a number"),
+        ({"max_area_km2": float("nan")}, "max_area_km2=nan must be a positive number"),
+        ({"max_area_km2": 0}, "max_area_km2=0 must be a positive number"),
+        ({"max_area_km2": -5}, "max_area_km2=-5 must be a positive number"),
+        ({"max_area_km2": []}, "max_area_km2=\\[\\] is not a number"),
+        ({"max_area_km2": complex(1, 1)}, "max_area_km2=.* is not a number"),
+    ],
+)
+def test_bad_limits(kwargs: dict, match: str) -> None:
+    with pytest.raises(RequestError, match=match) as info:
+        Request.from_user("10,45,10.1,45.1", "2024-06-01/2024-06-30", **kwargs)
+    assert info.value.hint
+
+
+def test_limits_as_numbers_or_decimal_strings() -> None:
+    req = Request.from_user("10,45,10.1,45.1", "2024-06-01", max_cloud="50",
+                            max_area_km2="100000")
+    assert req.max_cloud == 50.0
+    assert Request.from_user("10,45,13,47", "2024-06-01", max_area_km2=math.inf).area_km2 > 0
+    assert Request.from_user("10,45,10.1,45.1", "2024-06-01",
+                             max_cloud=np.float32(20)).max_cloud == 20.0
 
 
 def test_area_limit_default_argument_and_env(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -166,6 +294,12 @@ def test_area_limit_default_argument_and_env(monkeypatch: pytest.MonkeyPatch) ->
         Request.from_user("10,45,10.1,45.1", "2024-06-01/2024-06-30")
     monkeypatch.setenv(MAX_AREA_ENV, "lots")
     with pytest.raises(RequestError, match=f"{MAX_AREA_ENV}='lots' is not a number"):
+        Request.from_user("10,45,10.1,45.1", "2024-06-01/2024-06-30")
+    monkeypatch.setenv(MAX_AREA_ENV, "nan")
+    with pytest.raises(RequestError, match=f"{MAX_AREA_ENV}='nan' is not a finite number"):
+        Request.from_user("10,45,10.1,45.1", "2024-06-01/2024-06-30")
+    monkeypatch.setenv(MAX_AREA_ENV, "-1")
+    with pytest.raises(RequestError, match=f"{MAX_AREA_ENV}='-1' must be a positive number"):
         Request.from_user("10,45,10.1,45.1", "2024-06-01/2024-06-30")
 
 
