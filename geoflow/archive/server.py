@@ -5,8 +5,11 @@ installs pgstac into it, loads the archive's collections and items with their as
 rewritten to ``http://127.0.0.1:PORT/assets/...``, and runs ONE uvicorn process that serves
 both the STAC API and the COG files (with HTTP range requests) on 127.0.0.1. Everything it
 starts is stopped by :meth:`ArchiveServer.stop`, on leaving the ``with`` block, on Ctrl-C and
-on SIGTERM, also when starting fails half way. The cluster stays on disk, so serving an
-archive that was served before takes about a second.
+on SIGTERM, also when starting fails half way; when the serving process is killed outright
+(SIGKILL), a small watchdog process stops them within a couple of seconds. The HTTP server
+connects as ``geoflow_api``, a login role with pgstac's read rights only; loading keeps the
+superuser. The cluster stays on disk, so serving an archive that was served before takes
+about a second.
 
 :func:`ensure_server` returns the URL of a running server for an archive, starting a detached
 one when there is none (``DIR/server.json`` records ``url`` and ``pid``); :func:`stop_server`
@@ -27,10 +30,12 @@ http://127.0.0.1:41237
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import errno
 import fcntl
 import hashlib
+import hmac
 import json
 import logging
 import os
@@ -67,6 +72,12 @@ _SETUP_HINT = "run deploy/local/setup.sh (it installs PostgreSQL and PostGIS)"
 _HOST = "127.0.0.1"
 _DATABASE = "geoflow"
 _PG_USER = "postgres"
+# The login role the HTTP server connects as: pgstac_read rights only (pgstac grants that role
+# SELECT on its tables, EXECUTE on search and the INSERT/UPDATE that search needs on its
+# searches/search_wheres/format_item_cache tables; search also makes TEMP tables). Loading
+# (migrate, load) keeps the superuser, whose password the HTTP server never sees.
+_API_ROLE = "geoflow_api"
+_API_GRANT = "pgstac_read"
 # Settings for a small private cluster on a shared machine. The database is a cache that is
 # rebuilt from the archive, so commits need not wait for the disk.
 _PG_CONF = """
@@ -116,6 +127,24 @@ def _answers(url: str, timeout: float = 2.0) -> bool:
     except (OSError, ValueError):
         return False
     return isinstance(body, dict) and "stac_version" in body
+
+
+def _scram_verifier(password: str, iterations: int = 4096) -> str:
+    """PostgreSQL's SCRAM-SHA-256 verifier of ``password`` (what ``\\password`` sends).
+
+    ``CREATE/ALTER ROLE ... PASSWORD`` given a verifier stores it as is: the password itself
+    never reaches the server, so it cannot show in its log (a failed statement is logged).
+    """
+    salt = secrets.token_bytes(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+
+    def b64(b: bytes) -> str:
+        return base64.b64encode(b).decode()
+
+    return (f"SCRAM-SHA-256${iterations}:{b64(salt)}$"
+            f"{b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}")
 
 
 def _tail(path: Path, lines: int = 15) -> str:
@@ -378,6 +407,8 @@ class ArchiveServer:
         self._lock_fh: Any = None
         self._sock: socket.socket | None = None
         self._proc: subprocess.Popen[bytes] | None = None
+        self._watchdog: subprocess.Popen[bytes] | None = None
+        self._watch_fd: int | None = None
         self._pg_running = False
         self._stopped = False
         self._old_sigterm: Any = None
@@ -501,8 +532,10 @@ class ArchiveServer:
 
         if not (self._pgdata / "PG_VERSION").is_file() or not self._state.get("password"):
             self._initdb()
+        self._start_watchdog()
         self._start_postgres()
         self._load()
+        self._ensure_api_role()
         self._start_http()
         self._save_state()
         self._write_server_file()
@@ -544,13 +577,83 @@ class ArchiveServer:
                 log.warning("stopping a leftover PostgreSQL on %s", self._pgdata)
                 self._run_pg("pg_ctl", "stop", "-D", str(self._pgdata), "-m", "fast", "-w")
 
+    def _start_watchdog(self) -> None:
+        """Start the process that stops PostgreSQL and the HTTP server if we are killed.
+
+        It reads a pipe whose only write end we hold (os.pipe fds are not inherited by the
+        programs we start): our death, however it comes, is its end of file.
+        """
+        read_fd, self._watch_fd = os.pipe()
+        try:
+            with open(self.cluster / "watchdog.log", "ab") as out:
+                # Its own session: Ctrl-C in a terminal must not stop it before we are done.
+                self._watchdog = subprocess.Popen(
+                    [sys.executable, "-m", "geoflow.archive._serve_app", "watchdog",
+                     "--fd", str(read_fd), "--pgdata", str(self._pgdata)],
+                    pass_fds=(read_fd,), stdin=subprocess.DEVNULL, stdout=out,
+                    stderr=subprocess.STDOUT, cwd=self.cluster, start_new_session=True)
+        finally:
+            os.close(read_fd)
+
+    def _tell_watchdog(self, line: str) -> None:
+        if self._watch_fd is not None:
+            with contextlib.suppress(OSError):  # it died: nothing to tell
+                os.write(self._watch_fd, line.encode() + b"\n")
+
+    def _stop_watchdog(self) -> None:
+        """Everything is stopped: tell the watchdog so, and let it go."""
+        self._tell_watchdog("done")
+        if self._watch_fd is not None:
+            os.close(self._watch_fd)
+            self._watch_fd = None
+        if self._watchdog is not None:
+            try:
+                self._watchdog.wait(10)
+            except subprocess.TimeoutExpired:
+                self._watchdog.kill()
+                self._watchdog.wait(10)
+            self._watchdog = None
+
+    def _ensure_api_role(self) -> None:
+        """Create (or re-key) the HTTP server's login role, with pgstac_read rights only."""
+        import psycopg
+        from psycopg import sql
+
+        if not self._state.get("api_password"):
+            self._state["api_password"] = secrets.token_urlsafe(24)
+            self._save_state()
+        role = sql.Identifier(_API_ROLE)
+        try:
+            with psycopg.connect(f"{self._dsn_base}/{_DATABASE}", autocommit=True) as conn:
+                exists = conn.execute("SELECT 1 FROM pg_roles WHERE rolname = %s",
+                                      (_API_ROLE,)).fetchone()
+                conn.execute(sql.SQL(
+                    "{} ROLE {} LOGIN NOSUPERUSER NOCREATEDB NOCREATEROLE NOREPLICATION "
+                    "NOBYPASSRLS INHERIT CONNECTION LIMIT 20 PASSWORD {}").format(
+                        sql.SQL("ALTER" if exists else "CREATE"), role,
+                        sql.Literal(_scram_verifier(self._state["api_password"]))))
+                conn.execute(sql.SQL("GRANT {} TO {}").format(sql.Identifier(_API_GRANT), role))
+                # As pgstac sets for its own roles (a role's settings are not inherited).
+                conn.execute(sql.SQL("ALTER ROLE {} SET search_path TO pgstac, public").format(
+                    role))
+                for other in ("pgstac_ingest", "pgstac_admin"):  # never more than reading
+                    if conn.execute("SELECT pg_has_role(%s, %s, 'MEMBER')",
+                                    (_API_ROLE, other)).fetchone() == (True,):
+                        conn.execute(sql.SQL("REVOKE {} FROM {}").format(
+                            sql.Identifier(other), role))
+                # PostgreSQL < 15 lets every role create tables in schema public.
+                conn.execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        except psycopg.Error as err:
+            raise ServerError(f"could not set up the API's database role: {err}",
+                              hint=f"delete {self.cluster} to rebuild the database") from None
+
     def _initdb(self) -> None:
         t = time.perf_counter()
         if self._pgdata.exists():
             log.warning("re-creating the PostgreSQL cluster in %s", self._pgdata)
             shutil.rmtree(self._pgdata)
         # A new cluster: what was loaded is gone, only the HTTP port is worth keeping.
-        for key in ("fingerprint", "pgstac", "base_url", "pg_port"):
+        for key in ("fingerprint", "pgstac", "base_url", "pg_port", "api_password"):
             self._state.pop(key, None)
         self._state.update(archive=str(self.archive), password=secrets.token_urlsafe(24))
         pwfile = self.cluster / "pwfile"
@@ -586,6 +689,9 @@ class ArchiveServer:
             res = self._run_pg("pg_ctl", "start", "-D", str(self._pgdata), "-l", str(logfile),
                                "-w", "-t", "60", "-o", f"-p {self._state['pg_port']}")
             if res.returncode == 0:
+                with contextlib.suppress(OSError, ValueError, IndexError):
+                    pid = int((self._pgdata / "postmaster.pid").read_text().split()[0])
+                    self._tell_watchdog(f"pg {pid}")
                 break
             self._stop_postgres()
             if attempt == 1 and "initdb" not in self.timings:
@@ -652,10 +758,8 @@ class ArchiveServer:
         t = time.perf_counter()
         assert self._sock is not None
         env = dict(os.environ)
-        env.update(GEOFLOW_PG_USER=_PG_USER, GEOFLOW_PG_PASSWORD=self._state["password"],
+        env.update(GEOFLOW_PG_USER=_API_ROLE, GEOFLOW_PG_PASSWORD=self._state["api_password"],
                    GEOFLOW_PG_PORT=str(self._state["pg_port"]), GEOFLOW_PG_DATABASE=_DATABASE,
-                   GEOFLOW_PG_STOP=json.dumps(self._pg("pg_ctl", "stop", "-D",
-                                                       str(self._pgdata), "-m", "fast")),
                    # stac-fastapi warns about defaults it reads from the environment.
                    STAC_FASTAPI_TITLE="geoflow sample archive",
                    STAC_FASTAPI_DESCRIPTION="geoflow's bundled synthetic Sentinel-1/2 archive",
@@ -671,6 +775,7 @@ class ArchiveServer:
                 pass_fds=(fd,), env=env, cwd=self.cluster, stdin=subprocess.DEVNULL,
                 stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
         self._state["http_pid"] = self._proc.pid
+        self._tell_watchdog(f"http {self._proc.pid}")
         self._save_state()
         deadline = time.monotonic() + self.startup_timeout
         while not _answers(self.url, timeout=5.0):
@@ -764,6 +869,7 @@ class ArchiveServer:
                 self._sock = None
             if self._pg_running:
                 self._stop_postgres()
+            self._stop_watchdog()
             if self.url:
                 info = _read_server_file(self.archive)
                 if info and info.get("pid") == os.getpid() and info.get("url") == self.url:
@@ -849,7 +955,11 @@ def _read_server_file(archive: Path) -> dict[str, Any] | None:
         info = json.loads((archive / SERVER_FILE).read_text())
     except (OSError, ValueError):
         return None
-    return info if isinstance(info, dict) and "url" in info and "pid" in info else None
+    # Checked here: a damaged file must read as "no server", not crash int() in the callers.
+    ok = (isinstance(info, dict) and isinstance(info.get("url"), str)
+          and isinstance(info.get("pid"), int) and not isinstance(info["pid"], bool)
+          and info["pid"] > 0)
+    return info if ok else None
 
 
 def running_server(archive: str | os.PathLike[str]) -> str | None:

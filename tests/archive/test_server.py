@@ -279,8 +279,8 @@ def test_new_port_reloads_hrefs(archive_copy: Path) -> None:
 
 @pytest.mark.slow
 def test_killed_server_leaves_nothing_running(archive_copy: Path) -> None:
-    # SIGKILL gives the server no chance to clean up: its HTTP child notices and stops
-    # PostgreSQL itself.
+    # SIGKILL gives the server no chance to clean up: its watchdog process notices and stops
+    # PostgreSQL and the HTTP server (test_server_hardening.py times it).
     code = ("import sys, time; from geoflow.archive.server import serve_archive\n"
             f"s = serve_archive({str(archive_copy)!r}); print(s.url, flush=True)\n"
             "time.sleep(600)\n")
