@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -18,20 +19,17 @@ import dask
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from geoflow.errors import GeoflowError
+from geoflow.errors import GeoflowError, RequestError
+from geoflow.retry import Clock, RetryPolicy
 
-# GDAL configuration for reading COGs over HTTP. Retries cover transient 5xx/429 answers of an
-# object store; merging consecutive ranges and a multi-range request cut round trips; EMPTY_DIR
-# stops GDAL from listing the "directory" of every asset (one extra request, often a 403/404).
+# GDAL configuration for reading COGs over HTTP. Merging consecutive ranges and a multi-range
+# request cut round trips; EMPTY_DIR stops GDAL from listing the "directory" of every asset
+# (one extra request, often a 403/404). Retries and timeouts come from the run's RetryPolicy.
 GDAL_SETTINGS: dict[str, str] = {
-    "GDAL_HTTP_MAX_RETRY": "3",
-    "GDAL_HTTP_RETRY_DELAY": "0.5",
     "GDAL_HTTP_MERGE_CONSECUTIVE_RANGES": "YES",
     "GDAL_DISABLE_READDIR_ON_OPEN": "EMPTY_DIR",
     "GDAL_HTTP_MULTIRANGE": "YES",
     "CPL_VSIL_CURL_ALLOWED_EXTENSIONS": ".tif,.tiff,.TIF,.TIFF",
-    "GDAL_HTTP_TIMEOUT": "60",
-    "GDAL_HTTP_CONNECTTIMEOUT": "20",
     "VSI_CACHE": "TRUE",
 }
 # Process environment of workers only (rasterio.Env wants an int for it): geoflow.cube keeps
@@ -97,8 +95,10 @@ def tune_malloc(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
 
 
-def gdal_settings() -> dict[str, str]:
-    """GDAL settings pushed to workers, with any ``GEOFLOW_GDAL_<NAME>`` override applied.
+def gdal_settings(retry: RetryPolicy | None = None) -> dict[str, str]:
+    """GDAL settings pushed to workers: :data:`GDAL_SETTINGS` (each overridable by a
+    ``GEOFLOW_GDAL_<NAME>`` environment variable), then the HTTP retries and timeouts of
+    ``retry`` (which the environment does not override: the policy is set at the edge).
 
     Returns
     -------
@@ -109,12 +109,15 @@ def gdal_settings() -> dict[str, str]:
     --------
     >>> gdal_settings()["GDAL_DISABLE_READDIR_ON_OPEN"]
     'EMPTY_DIR'
+    >>> gdal_settings(RetryPolicy(timeout_s=5))["GDAL_HTTP_TIMEOUT"]
+    '5'
     """
     out = dict(GDAL_SETTINGS)
     for key in list(out):
         override = os.environ.get(f"GEOFLOW_GDAL_{key}")
         if override is not None:
             out[key] = override
+    out.update((retry or RetryPolicy()).gdal_options())
     return out
 
 
@@ -203,7 +206,8 @@ def cluster_client(
     n_workers: int | None = None,
     torch_threads: int | None = None,
     dashboard: bool = True,
-    connect_timeout: float = 30.0,
+    retry: RetryPolicy | None = None,
+    clock: Clock | None = None,
 ) -> Iterator[ClusterInfo]:
     """Yield a prepared Dask client; close it afterwards only if it was started here.
 
@@ -219,8 +223,16 @@ def cluster_client(
         Threads torch may use per worker (default: the worker's thread count).
     dashboard
         Whether a new LocalCluster serves its dashboard (on a free port).
-    connect_timeout
-        Seconds to keep trying a scheduler address.
+    retry
+        Its ``timeout_s`` bounds connecting to a scheduler address, ``worker_wait_s`` the wait
+        for a first worker; its GDAL options go to the workers.
+    clock
+        The command's deadline, which caps both waits.
+
+    Raises
+    ------
+    GeoflowError
+        The scheduler cannot be reached, or no worker joined it in time.
 
     Yields
     ------
@@ -233,16 +245,29 @@ def cluster_client(
     ...     print(info.n_workers, info.gpu)
     2 False
     """
+    policy = retry or RetryPolicy()
+    clock = clock or policy.start()
+    if client is not None and not isinstance(client, Client | str):
+        raise RequestError(f"client must be a distributed.Client or a scheduler address, got "
+                           f"{type(client).__name__}",
+                           hint="pass client=Client(...) or 'tcp://HOST:8786', or None for a "
+                                "LocalCluster")
     owned: list[Any] = []
     try:
         if isinstance(client, Client):
             cl = client
         elif isinstance(client, str):
+            address = client.strip()
+            if not re.match(r"^([a-z][a-z0-9+]*://)?[\w.\-\[\]:]+:\d{1,5}$", address):
+                raise RequestError(f"scheduler address {client!r} is not HOST:PORT",
+                                   hint="pass e.g. --scheduler tcp://127.0.0.1:8786")
             try:
-                cl = Client(client, timeout=connect_timeout)
-            except OSError as err:
+                # At least 5 s: a busy scheduler's handshake is slower than an HTTP answer.
+                cl = Client(address, timeout=clock.cap(max(policy.timeout_s, 5.0)))
+            except (OSError, TimeoutError) as err:
+                clock.check(f"connecting to the Dask scheduler at {address}")
                 raise GeoflowError(
-                    f"cannot connect to the Dask scheduler at {client}: {err}",
+                    f"cannot connect to the Dask scheduler at {address}: {err}",
                     hint="check the address (tcp://HOST:8786) and that the scheduler is running",
                 ) from None
             owned.append(cl)
@@ -262,18 +287,28 @@ def cluster_client(
                         host="127.0.0.1",
                         dashboard_address="127.0.0.1:0" if dashboard else None,
                         # Environment for the worker processes from the start: GDAL options.
-                        env={**WORKER_ENV, **gdal_settings()},
+                        env={**WORKER_ENV, **gdal_settings(policy)},
                     )
                 owned.append(cluster)
                 cl = Client(cluster)
                 owned.append(cl)
                 if torch_threads is None:
                     torch_threads = max(1, cores // n)
-        cl.register_plugin(WorkerSetup(gdal_settings(), torch_threads), name=WorkerSetup.name)
+        cl.register_plugin(WorkerSetup(gdal_settings(policy), torch_threads),
+                           name=WorkerSetup.name)
         n_now = len(cl.scheduler_info().get("workers", {}))
         if n_now == 0:
-            # A fresh scheduler whose workers are still coming up (k8s, HPC queue).
-            cl.wait_for_workers(1, timeout=300)
+            # A fresh scheduler whose workers are still coming up (k8s, HPC queue): wait, but
+            # not forever.
+            wait_s = clock.cap(policy.worker_wait_s)
+            try:
+                cl.wait_for_workers(1, timeout=wait_s)
+            except TimeoutError:
+                clock.check("waiting for Dask workers")
+                raise GeoflowError(
+                    f"no Dask worker joined the scheduler within {wait_s:.0f} s",
+                    hint="start workers (dask worker ADDRESS), or wait longer with "
+                         "retry.worker_wait_s") from None
             n_now = len(cl.scheduler_info().get("workers", {}))
         yield ClusterInfo(
             client=cl,

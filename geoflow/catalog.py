@@ -4,7 +4,8 @@ The bundled archive's server, Planetary Computer and Earth Search all work: the 
 collection names are settings (:class:`CatalogSettings`). The cloud-cover limit is a cql2-json
 filter (stac-fastapi rejects the cql2-text that pystac-client sends by default). Requests are
 retried with exponential backoff on HTTP 429 and 5xx answers, on timeouts and on dropped
-connections. Items come back as plain STAC item dicts (what stackstac reads: pystac's
+connections, as the run's :class:`~geoflow.retry.RetryPolicy` says. Items come back as plain
+STAC item dicts (what stackstac reads: pystac's
 objects would migrate ``proj:epsg`` away), sorted by datetime, with asset hrefs signed when a
 signer is set.
 
@@ -30,11 +31,18 @@ import re
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from typing import Any, Self
 
-from geoflow.errors import CatalogError, NoScenesError, UnknownCollectionError
+from geoflow.errors import (
+    CatalogError,
+    DeadlineError,
+    GeoflowError,
+    NoScenesError,
+    UnknownCollectionError,
+    strip_secrets,
+)
 from geoflow.request import Request
+from geoflow.retry import Clock, RetryPolicy
 
 log = logging.getLogger(__name__)
 
@@ -43,21 +51,6 @@ Signer = Callable[[dict[str, Any]], "dict[str, Any] | None"]
 
 _RETRY_STATUS = (429, 500, 502, 503, 504)
 _PAGE_SIZE = 100
-
-
-def strip_query(text: str) -> str:
-    """Remove query strings and fragments from every URL in ``text`` (they may hold tokens).
-
-    Examples
-    --------
-    >>> strip_query("read https://x.blob.core.windows.net/a/b.tif?st=1&sig=SECRET failed")
-    'read https://x.blob.core.windows.net/a/b.tif failed'
-    """
-    def _clean(match: re.Match[str]) -> str:
-        parts = urlsplit(match.group(0))
-        return urlunsplit((parts.scheme, parts.netloc, parts.path, "", ""))
-
-    return re.sub(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+", _clean, text)
 
 
 @dataclass(frozen=True)
@@ -76,14 +69,11 @@ class CatalogSettings:
         None; a callable applied to each item dict to sign its asset hrefs (it may modify the
         dict in place or return a new one); or ``"planetary-computer"`` for
         ``planetary_computer.sign_inplace`` (optional package ``planetary-computer``).
-    max_retries
-        Retries per HTTP request on 429/5xx, timeouts and dropped connections, with
-        exponential backoff (``backoff`` x 2, 4, 8, ... s, capped at 30 s; ``Retry-After``
-        honoured). A refused connection is retried at most twice.
-    timeout
-        Seconds to wait for each HTTP answer.
-    backoff
-        Base of the exponential backoff, in seconds.
+    headers
+        Extra HTTP headers for every request (e.g. an API key; never logged).
+
+    Retries, timeouts and the deadline are not settings of the catalog: they come from the
+    run's :class:`geoflow.retry.RetryPolicy` (``search_scenes(..., retry=)``).
 
     Examples
     --------
@@ -95,15 +85,12 @@ class CatalogSettings:
     s2_collection: str | None = "sentinel-2-l2a"
     s1_collection: str | None = "sentinel-1-rtc"
     signer: Signer | str | None = None
-    max_retries: int = 5
-    timeout: float = 30.0
-    backoff: float = 0.5
     headers: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
 
     def __post_init__(self) -> None:
         url = str(self.url).strip().rstrip("/")
         if not re.match(r"^https?://[^/\s]+", url):
-            raise CatalogError(f"catalog URL {strip_query(url)!r} is not an http(s) URL",
+            raise CatalogError(f"catalog URL {strip_secrets(url)!r} is not an http(s) URL",
                                hint="pass the STAC API root, e.g. http://127.0.0.1:8000 or "
                                     "https://planetarycomputer.microsoft.com/api/stac/v1")
         object.__setattr__(self, "url", url)
@@ -113,9 +100,6 @@ class CatalogSettings:
         if isinstance(self.signer, str) and self.signer != "planetary-computer":
             raise CatalogError(f"unknown signer {self.signer!r}",
                                hint="use None, a callable, or 'planetary-computer'")
-        if self.max_retries < 0 or self.timeout <= 0:
-            raise CatalogError("max_retries must be >= 0 and timeout > 0",
-                               hint="e.g. max_retries=5, timeout=30")
 
     @classmethod
     def coerce(cls, value: CatalogSettings | str) -> CatalogSettings:
@@ -210,19 +194,41 @@ def _resolve_signer(signer: Signer | str | None) -> Signer | None:
                        hint="use None, a callable, or 'planetary-computer'")
 
 
-def _open_client(settings: CatalogSettings) -> Any:
-    from pystac_client import Client, ConformanceClasses
-    from pystac_client.exceptions import APIError
+def _stac_io(settings: CatalogSettings, policy: RetryPolicy, clock: Clock) -> Any:
+    """pystac-client's HTTP layer under ``policy``: retries on 429/5xx, timeouts and dropped
+    connections, each request's timeout capped by what is left of the deadline, and no retry
+    begun after it."""
     from pystac_client.stac_api_io import StacApiIO
-    from pystac_client.warnings import NoConformsTo
+    from urllib3.exceptions import MaxRetryError, ResponseError
     from urllib3.util.retry import Retry
 
-    retry = Retry(
+    class _DeadlineRetry(Retry):
+        def increment(self, method: str | None = None, url: str | None = None,
+                      response: Any = None, error: Exception | None = None,
+                      _pool: Any = None, _stacktrace: Any = None) -> Self:
+            if clock.expired:  # out of time: give up now, as when retries are exhausted
+                raise MaxRetryError(_pool, url or "", error or ResponseError("deadline passed"))
+            return super().increment(method, url, response, error, _pool, _stacktrace)
+
+        def get_backoff_time(self) -> float:
+            return min(super().get_backoff_time(), clock.remaining())
+
+    class _DeadlineStacApiIO(StacApiIO):
+        # StacApiIO reads self.timeout for each request: cap it by the deadline then.
+        @property
+        def timeout(self) -> Any:
+            return clock.cap(self._base_timeout)
+
+        @timeout.setter
+        def timeout(self, value: Any) -> None:
+            self._base_timeout = policy.timeout_s if value is None else value
+
+    retries = policy.attempts - 1
+    retry = _DeadlineRetry(
         # A refused connection is seldom transient (wrong URL, server not started): two
         # retries, not a minute of backoff, before saying so.
-        total=settings.max_retries, connect=min(settings.max_retries, 2),
-        read=settings.max_retries,
-        status=settings.max_retries, backoff_factor=settings.backoff, backoff_max=30.0,
+        total=retries, connect=min(retries, 2), read=retries, status=retries,
+        backoff_factor=policy.backoff_s, backoff_max=30.0,
         status_forcelist=_RETRY_STATUS,
         # Search is a POST, which urllib3 does not retry by default; STAC searches are safe
         # to repeat.
@@ -231,19 +237,37 @@ def _open_client(settings: CatalogSettings) -> Any:
         # After the last retry, hand back the error answer so its status is reported.
         raise_on_status=False,
     )
-    stac_io = StacApiIO(headers=settings.headers or None, max_retries=retry,
-                        timeout=settings.timeout)
+    return _DeadlineStacApiIO(headers=settings.headers or None, max_retries=retry,
+                              timeout=policy.timeout_s)
+
+
+@dataclass(frozen=True)
+class _Call:
+    """One search's settings, retry policy and clock, passed down together."""
+
+    settings: CatalogSettings
+    policy: RetryPolicy
+    clock: Clock
+
+
+def _open_client(call: _Call) -> Any:
+    from pystac_client import Client, ConformanceClasses
+    from pystac_client.exceptions import APIError
+    from pystac_client.warnings import NoConformsTo
+
+    settings = call.settings
+    stac_io = _stac_io(settings, call.policy, call.clock)
     try:
         with warnings.catch_warnings():
             # A catalog without conformance classes is reported below, as a CatalogError.
             warnings.simplefilter("ignore", NoConformsTo)
             client = Client.open(settings.url, stac_io=stac_io)
     except APIError as err:
-        raise _api_error(settings, err, "opening the catalog") from None
+        raise _api_error(call, err, "opening the catalog") from None
     except Exception as err:  # requests' and pystac's errors for unreachable/garbled URLs
-        raise _api_error(settings, err, "opening the catalog") from None
+        raise _api_error(call, err, "opening the catalog") from None
     if not client.conforms_to(ConformanceClasses.ITEM_SEARCH):
-        raise CatalogError(f"{strip_query(settings.url)} is a STAC catalog without item search "
+        raise CatalogError(f"{strip_secrets(settings.url)} is a STAC catalog without item search "
                            "(a static catalog?)",
                            hint="pass the root of a STAC API (one with /search); to search a "
                                 "geoflow archive directory, serve it with "
@@ -252,7 +276,7 @@ def _open_client(settings: CatalogSettings) -> Any:
 
 
 def _short(err: BaseException) -> str:
-    text = strip_query(str(err)).strip().splitlines()
+    text = strip_secrets(str(err)).strip().splitlines()
     first = text[0] if text else type(err).__name__
     return first[:300]
 
@@ -272,23 +296,29 @@ def _connection_reason(detail: str) -> str | None:
     return None
 
 
-def _api_error(settings: CatalogSettings, err: Exception, what: str) -> CatalogError:
+def _api_error(call: _Call, err: Exception, what: str) -> GeoflowError:
+    settings = call.settings
     status = getattr(err, "status_code", None)
     detail = _short(err)
+    if call.clock.expired:
+        return DeadlineError(f"the deadline passed while {what} at {settings.url} "
+                             f"(last answer: {detail})",
+                             hint="check that the STAC API answers, or give the run more time "
+                                  "with --deadline / retry.deadline_s")
     if status is None:
         reason = _connection_reason(detail)
         if reason:
-            return CatalogError(f"cannot reach the STAC API at {strip_query(settings.url)} "
+            return CatalogError(f"cannot reach the STAC API at {strip_secrets(settings.url)} "
                                 f"({reason})",
                                 hint="check the URL and the network; for the bundled archive "
                                      "start `geoflow archive serve DIR` and pass the URL it "
                                      "prints")
-        return CatalogError(f"{what} at {strip_query(settings.url)} failed: {detail}",
+        return CatalogError(f"{what} at {strip_secrets(settings.url)} failed: {detail}",
                             hint="check that the STAC API is running and reachable")
-    retried = f" after {settings.max_retries} retries" if status in _RETRY_STATUS else ""
-    return CatalogError(f"{what} at {strip_query(settings.url)} failed with HTTP {status}"
+    retried = f" after {call.policy.attempts - 1} retries" if status in _RETRY_STATUS else ""
+    return CatalogError(f"{what} at {strip_secrets(settings.url)} failed with HTTP {status}"
                         f"{retried}: {detail}",
-                        hint="retry later, or raise CatalogSettings.max_retries"
+                        hint="retry later, or allow more attempts (--retries, retry.attempts)"
                         if retried else "check the request and the catalog URL")
 
 
@@ -299,9 +329,10 @@ def _available_collections(client: Any) -> list[str]:
         return []
 
 
-def _check_collection(client: Any, settings: CatalogSettings, name: str) -> None:
+def _check_collection(client: Any, call: _Call, name: str) -> None:
     from pystac_client.exceptions import APIError
 
+    settings = call.settings
     try:
         found = client.get_collection(name)
         # None on 404; without /collections, pystac-client may hand back another collection.
@@ -309,26 +340,27 @@ def _check_collection(client: Any, settings: CatalogSettings, name: str) -> None
             return
     except APIError as err:
         if getattr(err, "status_code", None) not in (404, None):
-            raise _api_error(settings, err, f"reading collection {name!r}") from None
+            raise _api_error(call, err, f"reading collection {name!r}") from None
     except Exception as err:
         # pystac-client raises its own errors (not APIError) for some "not found" answers.
         if "not found" not in str(err).lower() and "404" not in str(err):
-            raise CatalogError(f"reading collection {name!r} at {strip_query(settings.url)} "
+            raise CatalogError(f"reading collection {name!r} at {strip_secrets(settings.url)} "
                                f"failed: {_short(err)}",
                                hint="check that the STAC API is running") from None
     available = _available_collections(client)
     listed = ", ".join(available) if available else "(none listed)"
     raise UnknownCollectionError(
-        f"collection {name!r} does not exist at {strip_query(settings.url)}; "
+        f"collection {name!r} does not exist at {strip_secrets(settings.url)}; "
         f"available: {listed}",
         hint="name one of the available collections (CatalogSettings s2_collection / "
              "s1_collection; CLI --s2-collection / --s1-collection)")
 
 
-def _search(client: Any, settings: CatalogSettings, collection: str, request: Request,
+def _search(client: Any, call: _Call, collection: str, request: Request,
             max_cloud: float | None) -> list[dict[str, Any]]:
     from pystac_client.exceptions import APIError
 
+    settings = call.settings
     kwargs: dict[str, Any] = {
         "collections": [collection], "bbox": list(request.bbox), "datetime": request.datetime,
         "limit": _PAGE_SIZE,
@@ -340,9 +372,9 @@ def _search(client: Any, settings: CatalogSettings, collection: str, request: Re
         search = client.search(**kwargs)
         items = list(search.item_collection_as_dict()["features"])
     except APIError as err:
-        raise _api_error(settings, err, f"searching {collection!r}") from None
+        raise _api_error(call, err, f"searching {collection!r}") from None
     except Exception as err:
-        raise CatalogError(f"searching {collection!r} at {strip_query(settings.url)} failed: "
+        raise CatalogError(f"searching {collection!r} at {strip_secrets(settings.url)} failed: "
                            f"{_short(err)}", hint="check that the STAC API is running") from None
     # Pages can overlap when the catalog changes under us: keep one copy of each id.
     unique = {item["id"]: item for item in items}
@@ -365,7 +397,8 @@ def _sign(items: list[dict[str, Any]], signer: Signer | None) -> list[dict[str, 
     return out
 
 
-def search_scenes(request: Request, settings: CatalogSettings | str) -> SceneSet:
+def search_scenes(request: Request, settings: CatalogSettings | str, *,
+                  retry: RetryPolicy | None = None, clock: Clock | None = None) -> SceneSet:
     """Find the Sentinel-2 and Sentinel-1 scenes for a request.
 
     Parameters
@@ -375,6 +408,13 @@ def search_scenes(request: Request, settings: CatalogSettings | str) -> SceneSet
         only, on ``eo:cloud_cover``).
     settings
         A :class:`CatalogSettings` or just the STAC API URL.
+    retry
+        Attempts, backoff and per-request timeout of each HTTP request (429, 5xx, timeouts
+        and dropped connections are retried; ``Retry-After`` is honoured). Default
+        :class:`~geoflow.retry.RetryPolicy()`.
+    clock
+        The command's deadline (default: ``retry.start()``): requests are cut short and no
+        retry begins after it.
 
     Returns
     -------
@@ -385,7 +425,9 @@ def search_scenes(request: Request, settings: CatalogSettings | str) -> SceneSet
     ------
     CatalogError
         The API is unreachable or keeps failing (after retries); URLs in the message carry no
-        query strings (tokens).
+        credentials or query strings (tokens).
+    DeadlineError
+        The deadline passed before the search finished.
     UnknownCollectionError
         A configured collection does not exist; the message lists the available ones.
     NoScenesError
@@ -404,18 +446,20 @@ def search_scenes(request: Request, settings: CatalogSettings | str) -> SceneSet
                            f"{type(request).__name__}",
                            hint="build it with Request.from_user(bbox, dates, max_cloud)")
     signer = _resolve_signer(settings.signer)
-    client = _open_client(settings)
+    policy = retry or RetryPolicy()
+    call = _Call(settings, policy, clock or policy.start())
+    client = _open_client(call)
     found: dict[str, list[dict[str, Any]]] = {"s2": [], "s1": []}
     for key, collection, cloud in (("s2", settings.s2_collection, request.max_cloud),
                                    ("s1", settings.s1_collection, None)):
         if not collection:
             continue
-        _check_collection(client, settings, collection)
-        items = _search(client, settings, collection, request, cloud)
+        _check_collection(client, call, collection)
+        items = _search(client, call, collection, request, cloud)
         if not items:
             limit = f" with cloud cover <= {cloud:g} %" if cloud is not None else ""
             raise NoScenesError(
-                f"no {collection} scenes{limit} at {strip_query(settings.url)} for bbox "
+                f"no {collection} scenes{limit} at {strip_secrets(settings.url)} for bbox "
                 f"{list(request.bbox)} and dates {request.datetime}",
                 hint="widen the bbox or the dates" + (", or raise the cloud limit"
                                                       if cloud is not None else ""))
@@ -424,4 +468,4 @@ def search_scenes(request: Request, settings: CatalogSettings | str) -> SceneSet
     return SceneSet(s2=found["s2"], s1=found["s1"], request=request, settings=settings)
 
 
-__all__ = ["CatalogSettings", "SceneSet", "Signer", "search_scenes", "strip_query"]
+__all__ = ["CatalogSettings", "SceneSet", "Signer", "search_scenes"]

@@ -1,19 +1,31 @@
 """The ``geoflow`` command. Thin: it parses arguments and calls the library.
 
-Every command has ``--help``. Errors raised on purpose (:class:`geoflow.GeoflowError`) are
-printed as one line with their fix and exit with status 2; a run with failed chunks exits 1.
+Every command has ``--help``. Numbers are handed to the library as typed, so that a bad value
+gets the same message from ``--workers -1`` as from ``n_workers=-1``. Errors are printed as
+one line with their fix, without a traceback, and exit with a documented status (the
+README's "Errors and exit codes"):
+
+- 0: done;
+- 1: finished, but not everything is right: chunks failed (rerun to retry them), or
+  ``verify`` found a store damaged or incomplete;
+- 2: bad input, configuration or data, or a service that failed (the message says which);
+- 3: the deadline (``--deadline``) passed; finished chunks are kept, rerun to resume;
+- 70: a bug in geoflow (set ``GEOFLOW_DEBUG=1`` to see the traceback);
+- 130: interrupted.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import Any
 
 import typer
 
-from geoflow.errors import GeoflowError, RunFailedError
+from geoflow.errors import GeoflowError, strip_secrets
+from geoflow.retry import short_error
 
 app = typer.Typer(
     name="geoflow",
@@ -29,6 +41,18 @@ app.add_typer(archive_app, name="archive")
 
 def _print_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, default=str))
+
+
+# Options shared by the commands that search or run; their values go to the library as typed.
+_WORKERS = typer.Option(None, "--workers", help="LocalCluster workers (>= 1).")
+_RETRIES = typer.Option(None, "--retries", help="Retries of each request, read and write "
+                        "(default 3).")
+_TIMEOUT = typer.Option(None, "--timeout", help="Seconds one HTTP request may take (30).")
+_DEADLINE = typer.Option(None, "--deadline", help="Seconds the whole command may take "
+                         "(default: no limit); a rerun resumes.")
+_IO_THREADS = typer.Option(None, "--io-threads", help="Threads per chunk for remote reads.")
+_BACKOFF = typer.Option(None, "--backoff", help="Seconds before the first retry, doubling "
+                        "(1).")
 
 
 # --------------------------------------------------------------------------- archive
@@ -116,23 +140,29 @@ def search_cmd(
     catalog: str = typer.Option(..., "--catalog", help="STAC API URL."),
     bbox: str = typer.Option(..., "--bbox", help="Region as W,S,E,N in degrees."),
     dates: str = typer.Option(..., "--dates", help="Period as START/END (end inclusive)."),
-    max_cloud: float | None = typer.Option(None, "--max-cloud",
-                                           help="Largest Sentinel-2 cloud cover, percent."),
+    max_cloud: str | None = typer.Option(None, "--max-cloud",
+                                         help="Largest Sentinel-2 cloud cover, percent."),
     s2_collection: str = typer.Option("sentinel-2-l2a", "--s2-collection",
                                       help="Sentinel-2 L2A collection id."),
     s1_collection: str = typer.Option("sentinel-1-rtc", "--s1-collection",
                                       help="Sentinel-1 collection id."),
-    max_area_km2: float | None = typer.Option(None, "--max-area-km2",
-                                              help="Raise the bbox area limit (km²)."),
+    max_area_km2: str | None = typer.Option(None, "--max-area-km2",
+                                            help="Raise the bbox area limit (km²)."),
+    retries: str | None = _RETRIES,
+    timeout: str | None = _TIMEOUT,
+    deadline: str | None = _DEADLINE,
     as_json: bool = typer.Option(False, "--json", help="Print the scenes as JSON only."),
 ) -> None:
     """List the Sentinel-2 and Sentinel-1 scenes a STAC API has for a bbox and dates."""
     from geoflow.catalog import CatalogSettings, search_scenes
     from geoflow.request import Request
+    from geoflow.retry import RetryPolicy
 
-    request = Request.from_user(bbox, dates, max_cloud=max_cloud, max_area_km2=max_area_km2)
+    request = Request.from_user(bbox, dates, max_cloud=max_cloud,  # type: ignore[arg-type]
+                                max_area_km2=max_area_km2)  # type: ignore[arg-type]
+    policy = RetryPolicy.from_options(retries=retries, timeout=timeout, deadline=deadline)
     settings = CatalogSettings(catalog, s2_collection=s2_collection, s1_collection=s1_collection)
-    rows = search_scenes(request, settings).summary()
+    rows = search_scenes(request, settings, retry=policy).summary()
     if as_json:
         _print_json(rows)
         return
@@ -207,11 +237,17 @@ def classify_cmd(
     model: str | None = typer.Option(None, "--model", help="Checkpoint (default: demo weights)."),
     scheduler: str | None = typer.Option(None, "--scheduler",
                                          help="Dask scheduler address (default: LocalCluster)."),
-    workers: int | None = typer.Option(None, "--workers", help="LocalCluster workers."),
-    stride: int | None = typer.Option(None, "--stride", help="Patch step in pixels."),
-    max_cloud: float | None = typer.Option(None, "--max-cloud", help="S2 cloud cover limit %."),
-    chunk_patches: int | None = typer.Option(None, "--chunk-patches",
+    workers: str | None = _WORKERS,
+    stride: str | None = typer.Option(None, "--stride", help="Patch step in pixels."),
+    max_cloud: str | None = typer.Option(None, "--max-cloud", help="S2 cloud cover limit %."),
+    chunk_patches: str | None = typer.Option(None, "--chunk-patches",
                                              help="Patches per chunk side."),
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    retries: str | None = _RETRIES,
+    timeout: str | None = _TIMEOUT,
+    deadline: str | None = _DEADLINE,
+    io_threads: str | None = _IO_THREADS,
+    backoff: str | None = _BACKOFF,
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the store afresh."),
     as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON only."),
 ) -> None:
@@ -219,12 +255,23 @@ def classify_cmd(
     from geoflow._progress import RunProgress
     from geoflow.regional import classify_region
 
+    policy = _policy(retries, timeout, deadline, io_threads, backoff)
     with RunProgress(enabled=not as_json) as bar:
+        # The numbers go in as typed: classify_region checks them (same messages as Python).
         ds = classify_region(bbox, dates, out=out, catalog=catalog, model=model,
-                             client=scheduler, n_workers=workers, stride=stride,
-                             max_cloud=max_cloud, chunk_patches=chunk_patches,
-                             overwrite=overwrite, progress=bar)
+                             client=scheduler, n_workers=workers,  # type: ignore[arg-type]
+                             stride=stride, max_cloud=max_cloud,  # type: ignore[arg-type]
+                             chunk_patches=chunk_patches,  # type: ignore[arg-type]
+                             device=device, overwrite=overwrite, progress=bar, retry=policy)
     _report_run(ds, out, as_json)
+
+
+def _policy(retries: str | None, timeout: str | None, deadline: str | None,
+            io_threads: str | None, backoff: str | None, base: Any = None) -> Any:
+    from geoflow.retry import RetryPolicy
+
+    return RetryPolicy.from_options(retries=retries, timeout=timeout, deadline=deadline,
+                                    io_threads=io_threads, backoff=backoff, base=base)
 
 
 def _report_run(ds: Any, out: str | None, as_json: bool) -> None:
@@ -243,15 +290,24 @@ def run_cmd(
     spec: Path = typer.Argument(..., help="Workflow spec (YAML), e.g. workflows/demo.yaml."),
     scheduler: str | None = typer.Option(None, "--scheduler",
                                          help="Dask scheduler address (overrides the spec)."),
+    retries: str | None = _RETRIES,
+    timeout: str | None = _TIMEOUT,
+    deadline: str | None = _DEADLINE,
+    io_threads: str | None = _IO_THREADS,
+    backoff: str | None = _BACKOFF,
     as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON only."),
 ) -> None:
-    """Run a workflow spec: classify its region into its store; rerun to resume."""
+    """Run a workflow spec: classify its region into its store; rerun to resume.
+
+    Retry options given here override the spec's ``retry:`` section, field by field.
+    """
     from geoflow._progress import RunProgress
     from geoflow.workflow import load_workflow, run_workflow
 
     wf = load_workflow(spec)
+    policy = _policy(retries, timeout, deadline, io_threads, backoff, base=wf.retry)
     with RunProgress(enabled=not as_json) as bar:
-        ds = run_workflow(wf, client=scheduler, progress=bar)
+        ds = run_workflow(wf, client=scheduler, progress=bar, retry=policy)
     _report_run(ds, wf.out_path(), as_json)
 
 
@@ -309,6 +365,9 @@ def export_cmd(
                                       "cloud_fraction."),
     time: str | None = typer.Option(None, "--time", help="Date index or date for per-date "
                                     "layers (default the first)."),
+    overwrite: bool = typer.Option(False, "--overwrite",
+                                   help="Replace an earlier geoflow export at the same path "
+                                        "(never any other file)."),
     as_json: bool = typer.Option(False, "--json", help="Print the written paths as JSON only."),
 ) -> None:
     """Export a map layer as a COG with a colour table and/or a PNG quicklook."""
@@ -321,9 +380,10 @@ def export_cmd(
         else time
     written: dict[str, str] = {}
     if cog is not None:
-        written["cog"] = str(export_cog(path, cog, variable, time=when))
+        written["cog"] = str(export_cog(path, cog, variable, time=when, overwrite=overwrite))
     if png is not None:
-        written["png"] = str(quicklook_png(path, png, variable=variable, time=when))
+        written["png"] = str(quicklook_png(path, png, variable=variable, time=when,
+                                           overwrite=overwrite))
     if as_json:
         _print_json(written)
     else:
@@ -331,16 +391,62 @@ def export_cmd(
             typer.echo(f"{kind}: {where}")
 
 
+@app.command("verify")
+def verify_cmd(
+    path: str = typer.Argument(..., help="Map store (path or URL) to check."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
+) -> None:
+    """Check a map store against its ledger without changing it; exit 1 if it is damaged or
+    incomplete (rerunning the command that made it repairs it)."""
+    from geoflow.store import verify_store
+
+    report = verify_store(path)
+    if as_json:
+        _print_json(report)
+    else:
+        state = ("complete" if report["complete"] else "incomplete" if report["ok"]
+                 else "DAMAGED")
+        total = report["chunks_total"]
+        typer.echo(f"{report['store']}: {state}; {report['verified']}"
+                   f"{f' of {total}' if total is not None else ''} chunks verified")
+        for problem in report["metadata"]:
+            typer.echo(f"  metadata: {problem}")
+        for cid, reason in sorted(report["damaged"].items()):
+            typer.echo(f"  damaged {cid}: {reason}")
+        if report["missing"]:
+            shown = ", ".join(report["missing"][:10])
+            more = len(report["missing"]) - 10
+            typer.echo(f"  not done: {shown}{f' and {more} more' if more > 0 else ''}")
+        for cid, reason in sorted(report["failed"].items()):
+            typer.echo(f"  failed {cid}: {reason}")
+    if not report["complete"]:
+        raise typer.Exit(1)
+
+
+def _usage_error(err: Exception) -> int | None:
+    """Print a command-line usage error (click's, or typer's own copy of click's); its
+    status, or None if ``err`` is not one."""
+    if not (hasattr(err, "format_message") and hasattr(err, "exit_code")):
+        return None
+    param = getattr(err, "param", None)
+    names = getattr(param, "opts", None) or [getattr(param, "name", None)]
+    where = f"{names[0]}: " if param is not None and names[0] else ""
+    typer.echo(f"error: {where}{strip_secrets(err.format_message())}. Fix: see "
+               "`geoflow COMMAND --help`", err=True)
+    return int(err.exit_code)
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``geoflow`` console script."""
+    """Entry point of the ``geoflow`` console script; see the module docstring for the exit
+    statuses."""
     try:
-        app(args=argv, standalone_mode=False)
-    except RunFailedError as err:
-        typer.echo(f"error: {err}", err=True)
-        sys.exit(1)
+        # Without standalone mode, click hands back typer.Exit's status instead of exiting.
+        status = app(args=argv, standalone_mode=False)
+        if isinstance(status, int) and status:
+            sys.exit(status)
     except GeoflowError as err:
         typer.echo(f"error: {err}", err=True)
-        sys.exit(2)
+        sys.exit(err.exit_code)
     except (typer.Exit, SystemExit) as err:
         code = getattr(err, "exit_code", getattr(err, "code", 0))
         sys.exit(code or 0)
@@ -350,13 +456,16 @@ def main(argv: list[str] | None = None) -> None:
     except KeyboardInterrupt:
         typer.echo("interrupted", err=True)
         sys.exit(130)
-    except Exception as err:  # click usage errors come through here in standalone_mode=False
-        import click
-
-        if isinstance(err, click.ClickException):
-            err.show()
-            sys.exit(err.exit_code)
-        raise
+    except Exception as err:
+        status = _usage_error(err)  # click usage errors arrive here with standalone_mode=False
+        if status is not None:
+            sys.exit(status)
+        if os.environ.get("GEOFLOW_DEBUG"):
+            raise
+        typer.echo(f"error: internal error in geoflow: {strip_secrets(short_error(err))}. "
+                   "Fix: this is a bug; rerun with GEOFLOW_DEBUG=1 for the traceback and "
+                   "report it", err=True)
+        sys.exit(70)
 
 
 if __name__ == "__main__":  # pragma: no cover

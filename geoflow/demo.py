@@ -176,7 +176,7 @@ def run_demo(
                              overwrite=True)
         seconds = time.perf_counter() - t0
     run = dict(ds.attrs["run"])
-    quicklook_png(ds, png)
+    quicklook_png(ds, png, overwrite=True)  # the demo's own quicklook of an earlier run
     accuracy = map_accuracy(ds, directory / info["truth"])
     return {
         "km2": round(run["km2"], 2),

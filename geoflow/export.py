@@ -16,6 +16,7 @@ Examples
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from pathlib import Path
@@ -35,7 +36,7 @@ def _open(store_path_or_ds: str | os.PathLike[str] | xr.Dataset) -> xr.Dataset:
         return store_path_or_ds  # type: ignore[return-value]
     import rioxarray  # noqa: F401
 
-    from geoflow.store import strip_secrets
+    from geoflow.errors import strip_secrets
 
     text = os.fspath(store_path_or_ds)
     if "://" not in text and not (Path(text) / "zarr.json").is_file():
@@ -87,12 +88,76 @@ def _hex_rgba(color: str) -> tuple[int, int, int, int]:
     return (round(r * 255), round(g * 255), round(b * 255), round(a * 255))
 
 
+#: Marks a PNG quicklook as geoflow's, so ``overwrite`` may replace it (PNG text chunk).
+_PNG_SOURCE = "geoflow"
+
+
+def _is_geoflow_export(path: Path) -> bool:
+    """Whether ``path`` is a file that geoflow wrote (a COG with GEOFLOW_VARIABLE, or a PNG
+    quicklook with its Source text)."""
+    if path.suffix.lower() == ".png":
+        try:
+            from PIL import Image
+
+            with Image.open(path) as img:
+                return img.info.get("Source") == _PNG_SOURCE
+        except Exception:  # not an image at all
+            return False
+    try:
+        import rasterio
+
+        with rasterio.open(path) as src:
+            return "GEOFLOW_VARIABLE" in src.tags()
+    except Exception:  # not a raster GDAL can open
+        return False
+
+
+def _check_target(out: Path, overwrite: bool, what: str) -> None:
+    """Refuse to write over anything but an earlier geoflow export, and that only when asked."""
+    if out.is_dir():
+        raise StoreError(f"{out} is a directory, not a {what} file",
+                         hint=f"pass a file path, e.g. {out / ('map' + out.suffix or '.tif')}")
+    if not out.exists() and not out.is_symlink():
+        return
+    if not overwrite:
+        raise StoreError(f"{out} already exists", hint="pass --overwrite (overwrite=True) to "
+                         "replace an earlier geoflow export, or choose another path")
+    if out.is_symlink() or not _is_geoflow_export(out):
+        raise StoreError(f"{out} exists and is not a geoflow export; it is left as it is",
+                         hint="choose another path: --overwrite replaces only files that "
+                              "geoflow wrote")
+
+
+def _write_atomically(out: Path, write: Any, what: str) -> None:
+    """``write(tmp)`` beside ``out``, then rename over it: readers see the old file or the new
+    one, and a failure (a full disk) leaves neither a partial file nor a temporary one."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise StoreError(f"cannot create the folder of {out} ({err.strerror})",
+                         hint="choose a writable path") from None
+    tmp = out.with_name(f".{out.name}.tmp-{os.getpid()}{out.suffix}")
+    try:
+        write(tmp)
+        os.replace(tmp, out)
+    except BaseException as err:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        # GDAL's write errors (CPLE_*) are no OSError: a full disk shows up as one of them.
+        if isinstance(err, OSError) or type(err).__name__.startswith("CPLE_"):
+            raise StoreError(f"writing the {what} {out} failed ({err})",
+                             hint="check free space and permissions; nothing was written") \
+                from None
+        raise
+
+
 def export_cog(
     store_path_or_ds: str | os.PathLike[str] | xr.Dataset,
     out_tif: str | os.PathLike[str],
     variable: str = "summary_class",
     *,
     time: int | str | None = None,
+    overwrite: bool = False,
 ) -> Path:
     """Write one map layer as a COG: uint8, no data 255, colour table and class names.
 
@@ -101,12 +166,15 @@ def export_cog(
     store_path_or_ds
         A map store path, or a map dataset (from ``classify_region``).
     out_tif
-        The GeoTIFF to write (replaced if it exists).
+        The GeoTIFF to write. An existing file is refused unless ``overwrite`` is set and it
+        is an earlier geoflow export; it is replaced atomically.
     variable
         Layer to export: ``summary_class`` (default), ``class`` (with ``time``),
         ``confidence``, ``sar_weight``, ``cloud_fraction``, ...
     time
         Date index or date for per-date layers (default the first).
+    overwrite
+        Replace ``out_tif`` if it is an earlier geoflow export (never any other file).
 
     Returns
     -------
@@ -116,7 +184,8 @@ def export_cog(
     Raises
     ------
     StoreError
-        The store or layer does not exist, or the map is not georeferenced.
+        The store or layer does not exist, the map is not georeferenced, ``out_tif`` exists
+        (without ``overwrite``, or is not geoflow's), or the write failed (nothing is left).
 
     Examples
     --------
@@ -133,7 +202,7 @@ def export_cog(
         values = np.where(np.isfinite(values), values, NODATA).astype(np.uint8)
     is_class = str(da.name).endswith("class")
     out = Path(out_tif)
-    out.parent.mkdir(parents=True, exist_ok=True)
+    _check_target(out, overwrite, "GeoTIFF")
     profile = {"driver": "GTiff", "width": values.shape[1], "height": values.shape[0],
                "count": 1, "dtype": "uint8", "crs": _crs(ds), "transform": _transform(da),
                "nodata": NODATA if is_class else None}
@@ -159,8 +228,9 @@ def export_cog(
             dst.update_tags(**tags)
         with mem.open() as src:
             # Nearest overviews: averaging class codes would invent classes.
-            rasterio.shutil.copy(src, out, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256,
-                                 OVERVIEW_RESAMPLING="NEAREST")
+            _write_atomically(out, lambda tmp: rasterio.shutil.copy(
+                src, tmp, driver="COG", COMPRESS="DEFLATE", BLOCKSIZE=256,
+                OVERVIEW_RESAMPLING="NEAREST"), "GeoTIFF")
     return out
 
 
@@ -171,11 +241,13 @@ def quicklook_png(
     variable: str | None = None,
     time: int | str | None = None,
     dpi: int = 100,
+    overwrite: bool = False,
 ) -> Path:
     """Render a map layer (default: the period summary) with its legend to a PNG.
 
     Uses matplotlib's Agg canvas directly, so it works without a display and leaves
-    pyplot's state alone.
+    pyplot's state alone. An existing ``out_png`` is replaced only with ``overwrite`` and only
+    if geoflow wrote it.
 
     Examples
     --------
@@ -198,8 +270,9 @@ def quicklook_png(
     ax = fig.add_subplot()
     plot(ds, time=time, ax=ax, variable=str(layer.name))
     out = Path(out_png)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(out, bbox_inches="tight")
+    _check_target(out, overwrite, "PNG")
+    _write_atomically(out, lambda tmp: fig.savefig(tmp, format="png", bbox_inches="tight",
+                                                   metadata={"Source": _PNG_SOURCE}), "PNG")
     return out
 
 

@@ -15,14 +15,13 @@ file system.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import math
 import os
 import shutil
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,83 +29,23 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geoflow._cluster import gdal_settings
+from geoflow._options import RunOptions
 from geoflow.errors import GeoflowError, RequestError, RunFailedError
+from geoflow.retry import ChunkFailure, Clock, RetryPolicy, assets_are_local, attempt, short_error
 
-#: Chunk attempts before a chunk is recorded as failed (reads and writes are retried);
-#: environment ``GEOFLOW_CHUNK_ATTEMPTS`` overrides.
-MAX_ATTEMPTS = 4
-#: Seconds before the second attempt, doubling each time; ``GEOFLOW_RETRY_BACKOFF_S`` overrides.
-BACKOFF_S = 1.0
 #: Futures in flight per worker: enough to keep each busy while the client handles results.
 WINDOW_PER_WORKER = 2
-#: Threads a chunk task reads remote assets with (HTTP latency overlaps; GDAL releases the
-#: GIL); environment ``GEOFLOW_IO_THREADS`` overrides; 1 reads with Dask's synchronous
-#: scheduler. Assets on this machine (loopback URLs, local files) have no latency to hide:
-#: they are read with one thread, as extra threads only contend for the worker's core
-#: (about 10 % slower end to end on the 2-core benchmark).
-IO_THREADS = 4
-_LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: Patches per chunk side when the caller does not say. Bigger chunks read their assets with
 #: less overhead (fewer opens, fewer COG blocks decoded twice); memory per task grows with it
 #: (about 14 MB per date for 16 x 16 patches of 32 px).
 DEFAULT_CHUNK_PATCHES = 16
-#: Summary variable names in the store.
-SUMMARY_VARS = ("summary_class", "summary_confidence")
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 log = logging.getLogger(__name__)
 
 
 # --------------------------------------------------------------------------- worker side
-def _clear_gdal_http_cache() -> None:
-    """Forget GDAL's /vsicurl/ cache, which remembers a failed HTTP answer for the process.
-
-    Without this a retry of an asset that answered 500 once fails again without a request.
-    rasterio does not expose ``VSICurlClearCache``; the loaded libgdal does.
-    """
-    try:
-        with open("/proc/self/maps") as fh:
-            paths = {ln.split()[-1] for ln in fh if "libgdal" in ln and ln.split()[-1][0] == "/"}
-        for path in paths:
-            ctypes.CDLL(path).VSICurlClearCache()
-    except (OSError, AttributeError, IndexError):  # not Linux, or another GDAL build
-        pass
-
-
-def _attempt(fn: Callable[[], Any], what: str, max_attempts: int, backoff: float) -> Any:
-    """Call ``fn`` up to ``max_attempts`` times with exponential backoff.
-
-    geoflow's own errors (bad input, model, store mismatch) are not transient and are raised
-    at once; anything else (HTTP errors surfacing from GDAL/stackstac, timeouts) is retried.
-    """
-    last: BaseException | None = None
-    for attempt in range(max_attempts):
-        try:
-            return fn()
-        except GeoflowError:
-            raise
-        except Exception as err:
-            last = err
-            _clear_gdal_http_cache()
-            if attempt + 1 < max_attempts:
-                time.sleep(backoff * 2**attempt)
-    assert last is not None
-    raise _ChunkFailure(f"{what} failed after {max_attempts} attempts: {_short(last)}") from last
-
-
-class _ChunkFailure(Exception):
-    pass
-
-
-def _short(err: BaseException, limit: int = 400) -> str:
-    text = f"{type(err).__name__}: {err}"
-    # stackstac wraps the GDAL error; the innermost cause names the HTTP status.
-    cause = err.__cause__
-    if cause is not None and str(cause) not in text:
-        text += f" (cause: {type(cause).__name__}: {cause})"
-    return text if len(text) <= limit else text[: limit - 3] + "..."
-
-
 @dataclass
 class _TaskSpec:
     """Everything a chunk task needs besides the chunk and the scenes; small and picklable."""
@@ -117,9 +56,11 @@ class _TaskSpec:
     batch_size: int | None
     device: str
     n_classes: int
-    max_attempts: int = MAX_ATTEMPTS
-    backoff: float = BACKOFF_S
-    io_threads: int = IO_THREADS
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    #: Reader threads of a chunk (the policy's, or the default for where the assets are).
+    io_threads: int = 1
+    #: The command's deadline (wall clock): no retry starts after it.
+    clock: Clock = field(default_factory=Clock)
     gdal: dict[str, str] = field(default_factory=dict)
     #: Token of the run: workers keep assets open across the run's chunks, not across runs.
     session: str = ""
@@ -131,22 +72,6 @@ def _overlaps(item: dict, bbox: Sequence[float]) -> bool:
         return True
     w, s, e, n = (ib[0], ib[1], ib[3], ib[4]) if len(ib) == 6 else ib
     return w < bbox[2] and e > bbox[0] and s < bbox[3] and n > bbox[1]
-
-
-def _empty_map(store: Any, chunk: Any) -> xr.Dataset:
-    """A chunk's map where no scene has data: class 255, cloud_fraction 255, the rest 0."""
-    h, w = chunk.shape
-    shape = (len(store.times), h, w)
-    dims = ("time", "y", "x")
-    ds = xr.Dataset({
-        "class": (dims, np.full(shape, 255, np.uint8)),
-        "confidence": (dims, np.zeros(shape, np.uint8)),
-        "sar_weight": (dims, np.zeros(shape, np.uint8)),
-        "cloud_fraction": (dims, np.full(shape, 255, np.uint8)),
-        "summary_class": (("y", "x"), np.full((h, w), 255, np.uint8)),
-        "summary_confidence": (("y", "x"), np.zeros((h, w), np.uint8)),
-    })
-    return ds
 
 
 def _open_store(path: str) -> Any:
@@ -174,7 +99,7 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec) -> dic
     if not any(_overlaps(it, chunk.read_grid.bbox_lonlat) for it in scenes["s2"]):
         # A chunk beyond the scenes' footprints (the region's edge past the archive): a valid,
         # empty map, not a failure.
-        store.write_chunk(chunk, _empty_map(store, chunk))
+        store.write_chunk(chunk, store.empty_chunk(chunk))
         return {"chunk": chunk.id, "status": "done", "seconds": time.perf_counter() - t0,
                 "read_s": 0.0, "infer_s": 0.0, "pixels": 0, "valid": 0,
                 "worker_pid": os.getpid()}
@@ -188,7 +113,7 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec) -> dic
                     return cube.compute(scheduler="sync")
                 return cube.compute(scheduler="threads", num_workers=spec.io_threads)
 
-        cube = _attempt(read, "reading the cube", spec.max_attempts, spec.backoff)
+        cube = attempt(read, "reading the cube", spec.retry, spec.clock)
         t_read = time.perf_counter() - t0
         model = get_model(spec.model_path, device=spec.device)
         result = classify_window(cube, model, spec.stride, batch_size=spec.batch_size or 256)
@@ -198,8 +123,8 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec) -> dic
         def write() -> None:
             store.write_chunk(chunk, result)
 
-        _attempt(write, "writing the chunk", spec.max_attempts, spec.backoff)
-    except _ChunkFailure as err:
+        attempt(write, "writing the chunk", spec.retry, spec.clock)
+    except ChunkFailure as err:
         reason = str(err)
         store.record_failure(chunk.id, reason)
         return {"chunk": chunk.id, "status": "failed", "reason": reason,
@@ -249,33 +174,6 @@ class RunReport:
             "km2": round(self.km2, 3),
             "km2_per_s": round(self.km2_per_s, 3),
         }
-
-
-def _assets_are_local(scenes: Any) -> bool:
-    """Whether every asset of ``scenes`` is a local file or on a loopback URL."""
-    from urllib.parse import urlsplit
-
-    for item in [*scenes.s2, *scenes.s1]:
-        for asset in (item.get("assets") or {}).values():
-            href = str(asset.get("href", ""))
-            if "://" in href and not href.startswith("file://") and \
-                    urlsplit(href).hostname not in _LOCAL_HOSTS:
-                return False
-    return True
-
-
-def _retry_settings(local_assets: bool = False) -> dict[str, Any]:
-    try:
-        attempts = int(os.environ.get("GEOFLOW_CHUNK_ATTEMPTS", MAX_ATTEMPTS))
-        backoff = float(os.environ.get("GEOFLOW_RETRY_BACKOFF_S", BACKOFF_S))
-        io_threads = int(os.environ.get("GEOFLOW_IO_THREADS",
-                                        1 if local_assets else IO_THREADS))
-    except ValueError as err:
-        raise GeoflowError(f"bad retry setting in the environment: {err}",
-                           hint="GEOFLOW_CHUNK_ATTEMPTS and GEOFLOW_IO_THREADS are integers "
-                                ">= 1, GEOFLOW_RETRY_BACKOFF_S is seconds >= 0") from None
-    return {"max_attempts": max(1, attempts), "backoff": max(0.0, backoff),
-            "io_threads": max(1, io_threads)}
 
 
 def resolve_catalog(catalog: Any = None) -> Any:
@@ -338,6 +236,7 @@ def classify_region(
     overwrite: bool = False,
     n_workers: int | None = None,
     max_area_km2: float | None = None,
+    retry: RetryPolicy | Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Map scene classes over a region and period, chunk by chunk on a Dask cluster.
 
@@ -386,6 +285,11 @@ def classify_region(
         Workers of a LocalCluster started here.
     max_area_km2
         Raise the request's area limit.
+    retry
+        Attempts, backoff, per-request timeout, overall deadline and reader threads
+        (:class:`geoflow.retry.RetryPolicy` or a mapping of its fields). With a deadline the
+        call ends by then with :class:`~geoflow.errors.DeadlineError`, keeping the chunks
+        finished so far for a rerun.
 
     Returns
     -------
@@ -398,9 +302,13 @@ def classify_region(
 
     Raises
     ------
+    RequestError
+        A bad bbox, date, option or keyword (before anything is searched or written).
     RunFailedError
         Some chunks kept failing; the rest of the map is written and ``err.failures`` maps
         chunk ids to reasons. Rerun the same call to retry only those chunks.
+    DeadlineError
+        ``retry.deadline_s`` passed; finished chunks are kept, a rerun resumes.
 
     Examples
     --------
@@ -410,39 +318,44 @@ def classify_region(
     >>> m.summary_class.plot()  # doctest: +SKIP
     """
 
-    from geoflow._cluster import gdal_settings
     from geoflow.catalog import search_scenes
     from geoflow.grid import GridSpec
     from geoflow.request import Request
     from geoflow.tiles import plan_chunks
 
     t_start = time.perf_counter()
+    # Everything the user passed is checked before anything is searched, started or written.
     request = Request.from_user(bbox, dates, max_cloud=max_cloud, max_area_km2=max_area_km2)
-    if stride is not None and stride < 1:
-        raise RequestError(f"stride must be a positive number of pixels, got {stride}",
-                           hint="pass --stride 8, 16, ... up to the model's patch size")
-    if chunk_patches is not None and chunk_patches < 1:
-        raise RequestError(f"chunk_patches must be >= 1, got {chunk_patches}",
-                           hint="pass a chunk size of 4-32 patches per side")
+    opts = RunOptions.from_user(n_workers=n_workers, stride=stride, chunk_patches=chunk_patches,
+                                batch_size=batch_size, resolution=resolution, crs=crs,
+                                device=device)
+    policy = RetryPolicy.coerce(retry)
+    if progress is not None and not callable(progress):
+        raise RequestError(f"progress must be a callable, got {type(progress).__name__}",
+                           hint="pass a function taking one dict, or None")
+    clock = policy.start()
     model_path, loaded = _model_meta(model)
     patch = int(loaded.patch_size)
-    stride = int(stride or patch)
+    stride = int(opts.stride or patch)
     if stride > patch:
         raise RequestError(f"stride {stride} is larger than the model's patch size {patch}",
                            hint=f"use a stride of at most {patch} pixels")
     log.info("model %s loaded for metadata (%.2f s)", loaded.version, time.perf_counter() - t_start)
+    # Align the grid to whole patches and map pixels, so chunks of one region line up across
+    # requests and the map's pixels tile the input grid exactly. Laid before the search, so a
+    # bad grid is reported before any request goes out.
+    align = patch * stride // math.gcd(patch, stride)
+    grid = GridSpec.from_bbox(request.bbox, resolution=opts.resolution, epsg=opts.crs,
+                              align=align)
     settings = resolve_catalog(catalog)
-    scenes = search_scenes(request, settings)
+    clock.check("starting the catalog")
+    scenes = search_scenes(request, settings, retry=policy, clock=clock)
     log.info("search: %d S2 + %d S1 scenes (%.2f s)", len(scenes.s2), len(scenes.s1),
              time.perf_counter() - t_start)
-    # Align the grid to whole patches and map pixels, so chunks of one region line up across
-    # requests and the map's pixels tile the input grid exactly.
-    align = patch * stride // math.gcd(patch, stride)
-    grid = GridSpec.from_bbox(request.bbox, resolution=float(resolution), epsg=crs, align=align)
     # An explicit chunk size is the store's chunk edge; by default chunks of up to 16 patches
     # are split evenly, so a small region does not leave one worker a sliver.
-    plan = plan_chunks(grid, patch, stride, int(chunk_patches or DEFAULT_CHUNK_PATCHES),
-                       balance=chunk_patches is None)
+    plan = plan_chunks(grid, patch, stride, int(opts.chunk_patches or DEFAULT_CHUNK_PATCHES),
+                       balance=opts.chunk_patches is None)
     times, s2_ids, s1_ids = _times_and_ids(scenes, plan.chunks[0].read_grid)
 
     dates_text = f"{request.start:%Y-%m-%d}/{request.end:%Y-%m-%d}"
@@ -460,7 +373,7 @@ def classify_region(
                         "s1": b.split(",") if b else []}
                        for t, a, b in zip(np.datetime_as_string(times, unit="D"), s2_ids,
                                           s1_ids, strict=True)],
-        "request": {**request.to_dict(), "resolution": float(resolution), "stride": stride,
+        "request": {**request.to_dict(), "resolution": opts.resolution, "stride": stride,
                     "patch_size": patch, "epsg": grid.epsg},
     }
 
@@ -470,45 +383,46 @@ def classify_region(
         store_path = os.path.join(temp_dir, "map.zarr")
     else:
         store_path = os.fspath(out)
+    spec = _TaskSpec(model_path=model_path, store_path=store_path, stride=stride,
+                     batch_size=opts.batch_size, device=opts.device,
+                     n_classes=len(loaded.classes), retry=policy, clock=clock,
+                     io_threads=policy.threads_for(assets_are_local([*scenes.s2, *scenes.s1])),
+                     gdal=gdal_settings(policy),
+                     session=f"{store_path}@{os.getpid()}.{time.time_ns()}")
     try:
-        return _run(plan, scenes, times, attrs, store_path, model_path, loaded, stride,
-                    batch_size, device, client, n_workers, progress, gdal_settings(),
+        return _run(plan, scenes, times, attrs, spec, loaded, client, opts.n_workers, progress,
                     grid, t_start, in_memory=temp_dir is not None, overwrite=overwrite)
     finally:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
-def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], store_path: str,
-         model_path: str, loaded: Any, stride: int, batch_size: int | None, device: str | None,
-         client: Any, n_workers: int | None, progress: ProgressCallback | None,
-         gdal: dict[str, str], grid: Any, t_start: float, *, in_memory: bool,
+def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], spec: _TaskSpec,
+         loaded: Any, client: Any, n_workers: int | None,
+         progress: ProgressCallback | None, grid: Any, t_start: float, *, in_memory: bool,
          overwrite: bool) -> xr.Dataset:
-
-    from distributed import as_completed
 
     from geoflow._cluster import cluster_client
     from geoflow.store import MapStore
 
-    store = MapStore.open_or_create(store_path, map_grid=plan.map_grid, times=times,
-                                    chunk_shape=plan.chunk_shape, attrs=attrs,
-                                    overwrite=overwrite)
-    done = set(store.done())
-    log.info("store template ready (%.2f s)", time.perf_counter() - t_start)
-    todo = [c for c in plan.chunks if c.id not in done]
+    store_path, clock = spec.store_path, spec.clock
     km2_per_chunk = {c.id: _chunk_km2(c, plan) for c in plan.chunks}
-    report = RunReport(chunks_total=len(plan.chunks), chunks_skipped=len(plan.chunks) - len(todo),
-                       km2=float(grid.area_km2))
-    spec = _TaskSpec(model_path=model_path, store_path=store_path, stride=stride,
-                     batch_size=batch_size, device=device or "auto",
-                     n_classes=len(loaded.classes), gdal=gdal,
-                     session=f"{store_path}@{os.getpid()}.{time.time_ns()}",
-                     **_retry_settings(_assets_are_local(scenes)))
-
-    with cluster_client(client, n_workers=n_workers) as info:
+    report = RunReport(chunks_total=len(plan.chunks), km2=float(grid.area_km2))
+    clock.check("starting the run")
+    # The cluster first: a run that cannot get workers leaves no store behind.
+    with cluster_client(client, n_workers=n_workers, retry=spec.retry, clock=clock) as info:
         report.dashboard = info.dashboard
         log.info("cluster of %d workers ready (%.2f s)", info.n_workers,
                  time.perf_counter() - t_start)
+        store = MapStore.open_or_create(store_path, map_grid=plan.map_grid, times=times,
+                                        chunk_shape=plan.chunk_shape, attrs=attrs,
+                                        overwrite=overwrite)
+        # Done chunks are verified against what the ledger recorded of their writes; a
+        # missing or damaged one is computed again.
+        done = store.verified_done()
+        log.info("store template ready (%.2f s)", time.perf_counter() - t_start)
+        todo = [c for c in plan.chunks if c.id not in done]
+        report.chunks_skipped = len(plan.chunks) - len(todo)
         if progress is not None:
             progress({"event": "start", "chunks_total": report.chunks_total,
                       "chunks_todo": len(todo), "km2_total": report.km2,
@@ -516,48 +430,14 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], store
                       "dashboard": info.dashboard, "workers": info.n_workers, "gpu": info.gpu,
                       "store": store_path})
         if todo:
-            cl = info.client
-            # The scene list is the one sizeable argument: send it once, reference it after.
-            payload = {"s2": list(scenes.s2), "s1": list(scenes.s1)}
-            [scenes_future] = cl.scatter([payload], broadcast=True)
-            resources = {"GPU": 1} if info.gpu else None
-            window = max(2, WINDOW_PER_WORKER * info.n_workers)
-            pending = iter(_strips(todo, [] if info.gpu else _worker_addresses(cl)))
-            ac = as_completed()
-
-            def submit_next() -> bool:
-                chunk, worker = next(pending, (None, None))
-                if chunk is None:
-                    return False
-                fut = cl.submit(run_chunk, chunk, scenes_future, spec, key=f"geoflow-{chunk.id}-"
-                                f"{os.getpid()}-{time.time_ns()}", resources=resources,
-                                workers=worker, allow_other_workers=worker is not None,
-                                pure=False)
-                fut.geoflow_chunk = chunk  # type: ignore[attr-defined]
-                ac.add(fut)
-                return True
-
-            for _ in range(window):
-                if not submit_next():
-                    break
-            for fut in ac:
-                chunk = fut.geoflow_chunk
-                try:
-                    summary = fut.result()
-                except Exception as err:  # the task itself died (KilledWorker, lost data)
-                    reason = _short(err)
-                    store.record_failure(chunk.id, reason)
-                    summary = {"chunk": chunk.id, "status": "failed", "reason": reason}
-                finally:
-                    fut.release()
+            for summary in _compute(info, todo, scenes, spec, store):
                 if summary["status"] == "failed":
-                    report.failures[chunk.id] = summary["reason"]
+                    report.failures[summary["chunk"]] = summary["reason"]
                 else:
                     report.chunks_computed += 1
                 if progress is not None:
-                    progress({"event": "chunk", "km2": km2_per_chunk[chunk.id], **summary})
-                submit_next()
-            del scenes_future
+                    progress({"event": "chunk", "km2": km2_per_chunk[summary["chunk"]],
+                              **summary})
         log.info("all chunks finished (%.2f s)", time.perf_counter() - t_start)
 
     report.seconds = time.perf_counter() - t_start
@@ -579,6 +459,82 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], store
     if in_memory:
         ds = ds.load()
     return ds
+
+
+#: Seconds between checks that a cluster still has workers while chunks run.
+_POLL_S = 5.0
+
+
+def _compute(info: Any, todo: list[Any], scenes: Any, spec: _TaskSpec,
+             store: Any) -> Iterator[dict[str, Any]]:
+    """Run the chunk tasks in a bounded window; yield each chunk's summary as it finishes.
+
+    Ends with :class:`DeadlineError` when the deadline passes (running chunks are cancelled;
+    finished ones stay in the store), or with a :class:`GeoflowError` when the cluster has
+    had no worker for ``spec.retry.worker_wait_s``.
+    """
+    from distributed import wait
+
+    cl, clock = info.client, spec.clock
+    # The scene list is the one sizeable argument: send it once, reference it after.
+    payload = {"s2": list(scenes.s2), "s1": list(scenes.s1)}
+    [scenes_future] = cl.scatter([payload], broadcast=True)
+    resources = {"GPU": 1} if info.gpu else None
+    window = max(2, WINDOW_PER_WORKER * info.n_workers)
+    pending = iter(_strips(todo, [] if info.gpu else _worker_addresses(cl)))
+    in_flight: dict[Any, Any] = {}
+    finished = 0
+    no_workers_since: float | None = None
+
+    def submit_next() -> None:
+        chunk, worker = next(pending, (None, None))
+        if chunk is not None:
+            fut = cl.submit(run_chunk, chunk, scenes_future, spec, key=f"geoflow-{chunk.id}-"
+                            f"{os.getpid()}-{time.time_ns()}", resources=resources,
+                            workers=worker, allow_other_workers=worker is not None,
+                            pure=False)
+            in_flight[fut] = chunk
+
+    for _ in range(window):
+        submit_next()
+    try:
+        while in_flight:
+            try:
+                ready = wait(list(in_flight), timeout=min(_POLL_S, clock.remaining()),
+                             return_when="FIRST_COMPLETED").done
+            except TimeoutError:
+                ready = set()
+            if not ready:
+                clock.check(f"computing chunks ({finished} of {len(todo)} finished; the store "
+                            "keeps them)")
+                if cl.scheduler_info().get("workers"):
+                    no_workers_since = None
+                else:
+                    no_workers_since = no_workers_since or time.monotonic()
+                    if time.monotonic() - no_workers_since > spec.retry.worker_wait_s:
+                        raise GeoflowError(
+                            f"the cluster has had no workers for "
+                            f"{spec.retry.worker_wait_s:g} s ({finished} of {len(todo)} "
+                            "chunks finished; the store keeps them)",
+                            hint="start workers for the scheduler (or check why they died), "
+                                 "then rerun the same command to resume")
+                continue
+            for fut in ready:
+                chunk = in_flight.pop(fut)
+                try:
+                    summary = fut.result()
+                except Exception as err:  # the task itself died (KilledWorker, lost data)
+                    reason = short_error(err)
+                    store.record_failure(chunk.id, reason)
+                    summary = {"chunk": chunk.id, "status": "failed", "reason": reason}
+                finally:
+                    fut.release()
+                finished += 1
+                yield summary
+                submit_next()
+    finally:
+        if in_flight:  # stopped early: nothing of this run keeps computing
+            cl.cancel(list(in_flight))
 
 
 def _worker_addresses(client: Any) -> list[str]:

@@ -13,15 +13,20 @@ Layout of a store at ``PATH`` (a directory)::
     PATH/summary_confidence/ ...    (y, x) uint8 0-255
     PATH/_geoflow_ledger/           a Zarr group (so Zarr and xarray ignore it quietly) holding
         store.json                  what the store was made for (grid, dates, request, model)
-        done/<chunk id>.json        one file per chunk whose write completed
+        done/<chunk id>.json        one file per chunk whose write completed, with the size and
+                                    sha256 of each object the write left (a rerun and
+                                    ``geoflow verify`` check them)
         failed/<chunk id>.json      one file per chunk that failed, with the reason
 
 Writing: :meth:`MapStore.open_or_create` writes the template (metadata and coordinates only,
 ``compute=False``), then each worker calls :meth:`MapStore.write_chunk` with its chunk's map:
 a region write of whole Zarr chunks, an fsync of the chunk files, then the ledger entry by
-atomic rename. A chunk is therefore marked done only after its bytes are on disk, and a
-rerun skips what :meth:`MapStore.done` lists. Chunk data depend only on the inputs, so a
-resumed run yields the same bytes as an uninterrupted one (:meth:`MapStore.digest`).
+atomic rename (on object stores, one PUT). A chunk is therefore marked done only after its
+bytes are stored. A rerun checks every done chunk against its entry
+(:meth:`MapStore.verified_done`) and computes again the chunks that are missing, damaged or
+recorded by a garbled entry; :meth:`MapStore.verify` (``geoflow verify``) reports the same
+without changing anything. Chunk data depend only on the inputs, so a resumed run yields the
+same bytes as an uninterrupted one (:meth:`MapStore.digest`).
 
 Model versions: a store belongs to one grid, one request (bbox, dates, dates found) and one
 model version. Opening it for anything else raises :class:`~geoflow.errors.StoreMismatchError`
@@ -63,6 +68,7 @@ from __future__ import annotations
 import datetime as _dt
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -70,15 +76,16 @@ import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import numpy as np
 import pandas as pd
 import xarray as xr
 
-from geoflow.errors import StoreError, StoreMismatchError
+from geoflow.errors import StoreDamagedError, StoreError, StoreMismatchError, strip_secrets
 from geoflow.grid import GridSpec
 from geoflow.tiles import Chunk
+
+log = logging.getLogger(__name__)
 
 FORMAT = "geoflow-map"
 FORMAT_VERSION = 1
@@ -90,6 +97,13 @@ TIME_VARIABLES: dict[str, int | None] = {
 #: Period summaries (y, x).
 SUMMARY_VARIABLES: dict[str, int | None] = {"summary_class": 255, "summary_confidence": None}
 DEFAULT_VARIABLES: tuple[str, ...] = (*TIME_VARIABLES, *SUMMARY_VARIABLES)
+#: What each variable holds where no scene has data (:meth:`MapStore.empty_chunk`): no class,
+#: no confidence, no SAR weight, and a fully "cloudy" (unseen) optical view.
+EMPTY_VALUES: dict[str, int] = {"class": 255, "confidence": 0, "sar_weight": 0,
+                                "cloud_fraction": 255, "summary_class": 255,
+                                "summary_confidence": 0}
+#: Version of the done-entry layout: 2 records each chunk object's size and sha256.
+LEDGER_VERSION = 2
 
 _DESCRIPTIONS = {
     "class": "scene class index per date (255: no data)",
@@ -103,32 +117,10 @@ _DESCRIPTIONS = {
 VOLATILE_ATTRS = ("created", "run")
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|access[_-]?key|signature|"
                          r"credential|authori[sz]ation|^sas$|^sig$|^se$|^sv$)", re.I)
-_URL = re.compile(r"[a-zA-Z][a-zA-Z0-9+.-]*://[^\s'\"<>]+")
 _CHUNK_ID = re.compile(r"^[A-Za-z0-9_.-]{1,200}$")
 
 
 # ---------------------------------------------------------------------------- sanitising
-def _strip_url(url: str) -> str:
-    """Drop user info, query string and fragment: where signed URLs keep their tokens."""
-    try:
-        parts = urlsplit(url)
-    except ValueError:
-        return url.split("?", 1)[0]
-    netloc = parts.netloc.rsplit("@", 1)[-1]
-    return urlunsplit((parts.scheme, netloc, parts.path, "", ""))
-
-
-def strip_secrets(text: str) -> str:
-    """Remove tokens from every URL in ``text`` (query strings, user info).
-
-    Examples
-    --------
-    >>> strip_secrets("GET https://x.blob.core.windows.net/a/b.tif?st=1&sig=abc failed")
-    'GET https://x.blob.core.windows.net/a/b.tif failed'
-    """
-    return _URL.sub(lambda m: _strip_url(m.group(0)), text)
-
-
 def _jsonable(obj: Any) -> Any:
     """JSON-ready copy of attribute values, without secrets."""
     if isinstance(obj, Mapping):
@@ -174,11 +166,15 @@ def _atomic_write_json(path: Path, obj: Any) -> None:
     """Write JSON so that readers see the old file or the whole new one, never a part."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, sort_keys=True, indent=1)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            json.dump(obj, f, sort_keys=True, indent=1)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk must not leave temporary files behind
+        raise
     _fsync(path.parent)
 
 
@@ -233,6 +229,12 @@ class _Files:
 
     def read_bytes(self, rel: str) -> bytes:
         return self.fs.cat_file(self._p(rel)) if self.remote else Path(self._p(rel)).read_bytes()
+
+    def read_bytes_or_none(self, rel: str) -> bytes | None:
+        try:
+            return self.read_bytes(rel)
+        except FileNotFoundError:
+            return None
 
     def write_json(self, rel: str, obj: Any) -> None:
         if self.remote:
@@ -394,14 +396,29 @@ class MapStore:
                                   "`geoflow classify --out`")
         try:
             meta = files.read_json(f"{LEDGER}/store.json")
-        except (OSError, json.JSONDecodeError) as err:
-            raise StoreError(f"the ledger of {p} is unreadable ({err})",
-                             hint="rerun with --overwrite to rebuild the map") from None
+        except (OSError, ValueError) as err:
+            raise StoreDamagedError(f"the ledger of {p} is unreadable ({err})",
+                                    hint="rerun with --overwrite to rebuild the map") from None
+        if not isinstance(meta, dict):
+            raise StoreDamagedError(f"the ledger of {p} is damaged ({LEDGER}/store.json holds "
+                                    f"{type(meta).__name__}, not a mapping)",
+                                    hint="rerun with --overwrite to rebuild the map")
         if meta.get("format") != FORMAT or meta.get("format_version", 0) > FORMAT_VERSION:
             raise StoreError(f"{p} is a map store of an unknown format "
                              f"({meta.get('format')!r} v{meta.get('format_version')})",
                              hint="upgrade geoflow, or write to a new path")
-        return cls(files, meta)
+        problem = _metadata_problem(files, "zarr.json")
+        if problem:
+            raise StoreDamagedError(f"the map store {p} is damaged: {problem}",
+                                    hint="rerun with --overwrite (overwrite=True) to rebuild the "
+                                         "map, or restore the store from a copy; `geoflow verify "
+                                         "STORE` lists what is damaged")
+        try:
+            return cls(files, meta)
+        except (KeyError, TypeError, ValueError) as err:
+            raise StoreDamagedError(f"the ledger of {p} is damaged ({type(err).__name__}: "
+                                    f"{err})", hint="rerun with --overwrite to rebuild the map") \
+                from None
 
     @classmethod
     def open_or_create(
@@ -594,16 +611,18 @@ class MapStore:
 
     # ------------------------------------------------------------------ writing
     def _check_chunk(self, chunk: Chunk) -> tuple[slice, slice]:
-        if not _CHUNK_ID.match(str(chunk.id)):
-            raise StoreError(f"chunk id {chunk.id!r} is not a safe file name",
+        return self._check_place(chunk.id, *chunk.out_slices)
+
+    def _check_place(self, chunk_id: str, ys: slice, xs: slice) -> tuple[slice, slice]:
+        if not _CHUNK_ID.match(str(chunk_id)):
+            raise StoreError(f"chunk id {chunk_id!r} is not a safe file name",
                              hint="use the ids from geoflow.tiles.plan_chunks")
-        ys, xs = chunk.out_slices
         (h, w), (cy, cx) = self.map_grid.shape, self.chunk_shape
         for sl, size, step, axis in ((ys, h, cy, "y"), (xs, w, cx, "x")):
             if not (0 <= sl.start < sl.stop <= size) or sl.start % step or (
                     sl.stop != min(sl.start + step, size)):
                 raise StoreError(
-                    f"chunk {chunk.id} covers {axis} {sl.start}:{sl.stop}, which is not one "
+                    f"chunk {chunk_id} covers {axis} {sl.start}:{sl.stop}, which is not one "
                     f"whole Zarr chunk of this store (chunks of {step} in {size} px)",
                     hint="plan the chunks with the store's chunk_shape and map grid")
         return ys, xs
@@ -664,11 +683,38 @@ class MapStore:
                              f"({err})",
                              hint="check free space and permissions, then rerun to resume") \
                 from None
-        self._sync_chunk_files(out, ys, xs)
-        entry = {"chunk": chunk.id, "out_slices": [[ys.start, ys.stop], [xs.start, xs.stop]],
-                 "variables": sorted(out)}
-        self._files.write_json(f"{LEDGER}/done/{chunk.id}.json", entry)
+        keys = self._chunk_keys(out, ys, xs)
+        self._sync_chunk_files(keys)
+        # What the write left, read back: a rerun and `geoflow verify` check the chunk against
+        # it. Written only now, so a chunk is never marked done before its bytes are stored.
+        entry = {"chunk": chunk.id, "ledger_version": LEDGER_VERSION,
+                 "out_slices": [[ys.start, ys.stop], [xs.start, xs.stop]],
+                 "variables": sorted(out), "objects": self._describe(keys)}
+        try:
+            self._files.write_json(f"{LEDGER}/done/{chunk.id}.json", entry)
+        except OSError as err:
+            raise StoreError(f"chunk {chunk.id}: marking it done in {self._files.display} "
+                             f"failed ({err})",
+                             hint="check free space and permissions, then rerun to resume") \
+                from None
         self._files.delete(f"{LEDGER}/failed/{chunk.id}.json")
+
+    def empty_chunk(self, chunk: Chunk) -> xr.Dataset:
+        """A chunk's map where no scene has data (:data:`EMPTY_VALUES` in every variable).
+
+        Examples
+        --------
+        >>> store.empty_chunk(plan.chunks[0])["class"].values.max()  # doctest: +SKIP
+        255
+        """
+        ys, xs = chunk.out_slices
+        h, w = ys.stop - ys.start, xs.stop - xs.start
+        return xr.Dataset({
+            name: (("time", "y", "x"), np.full((len(self.times), h, w), EMPTY_VALUES[name],
+                                               np.uint8))
+            if name in TIME_VARIABLES else
+            (("y", "x"), np.full((h, w), EMPTY_VALUES[name], np.uint8))
+            for name in self.variables})
 
     def _check_coords(self, chunk_id: str, ds: xr.Dataset, ys: slice, xs: slice) -> None:
         if "time" in ds.coords:
@@ -686,21 +732,150 @@ class MapStore:
                                      "store's map grid at the chunk's place",
                                      hint="classify the chunk's read_grid from the same plan")
 
-    def _sync_chunk_files(self, out: Mapping[str, xr.Variable], ys: slice, xs: slice) -> None:
-        """fsync the chunk files just written, so the ledger never runs ahead of the data."""
+    def _chunk_keys(self, names: Iterable[str], ys: slice, xs: slice) -> list[str]:
+        """The Zarr objects of a chunk's variables (one per date for per-date variables)."""
         cy, cx = ys.start // self.chunk_shape[0], xs.start // self.chunk_shape[1]
+        keys: list[str] = []
+        for name in sorted(names):
+            keys.extend([f"{name}/c/{t}/{cy}/{cx}" for t in range(len(self.times))]
+                        if name in TIME_VARIABLES else [f"{name}/c/{cy}/{cx}"])
+        return keys
+
+    def _sync_chunk_files(self, keys: Sequence[str]) -> None:
+        """fsync the chunk files just written, so the ledger never runs ahead of the data."""
         if self._files.remote:
             return
         dirs = set()
-        for name in out:
-            keys = ([f"{name}/c/{t}/{cy}/{cx}" for t in range(len(self.times))]
-                    if name in TIME_VARIABLES else [f"{name}/c/{cy}/{cx}"])
-            for key in keys:
-                # Chunks equal to the fill value are not stored at all.
-                if self._files.fsync(key):
-                    dirs.add(key.rsplit("/", 1)[0])
+        for key in keys:
+            # Chunks equal to the fill value are not stored at all.
+            if self._files.fsync(key):
+                dirs.add(key.rsplit("/", 1)[0])
         for d in sorted(dirs):
             self._files.fsync(d)
+
+    def _describe(self, keys: Sequence[str]) -> dict[str, dict[str, Any] | None]:
+        """Size and sha256 of each object; None for one that is not stored (all fill)."""
+        out: dict[str, dict[str, Any] | None] = {}
+        for key in keys:
+            data = self._files.read_bytes_or_none(key)
+            out[key] = None if data is None else {
+                "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+        return out
+
+    # ------------------------------------------------------------------ verification
+    def chunk_ids(self) -> list[str]:
+        """Ids of every chunk of the map grid (as :func:`geoflow.tiles.plan_chunks` names them).
+
+        Examples
+        --------
+        >>> store.chunk_ids()[:2]  # doctest: +SKIP
+        ['r0_c0', 'r0_c1']
+        """
+        (h, w), (cy, cx) = self.map_grid.shape, self.chunk_shape
+        return [f"r{r}_c{c}" for r in range(-(-h // cy)) for c in range(-(-w // cx))]
+
+    def check_chunk(self, chunk_id: str) -> str | None:
+        """Why a done chunk cannot be trusted, or None if what the ledger recorded is there.
+
+        The done entry must parse, name this chunk, and list every object of the chunk with
+        the size and sha256 it has now (an object recorded as absent must still be absent).
+        """
+        rel = f"{LEDGER}/done/{chunk_id}.json"
+        try:
+            entry = self._files.read_json(rel)
+        except FileNotFoundError:
+            return "not done"
+        except (OSError, ValueError, UnicodeDecodeError) as err:
+            return f"its done entry is unreadable ({type(err).__name__})"
+        if not isinstance(entry, dict) or entry.get("chunk") != chunk_id or \
+                not isinstance(entry.get("objects"), dict):
+            return "its done entry is not a geoflow ledger entry for this chunk" + (
+                " (written by an older geoflow, without checksums)"
+                if isinstance(entry, dict) and entry.get("chunk") == chunk_id else "")
+        ys_xs: Any = entry.get("out_slices")
+        names: Any = entry.get("variables")
+        if not isinstance(names, list) or not set(names) <= set(self.variables):
+            return "its done entry names variables the store does not have"
+        try:
+            (y0, y1), (x0, x1) = ys_xs
+            self._check_place(chunk_id, slice(int(y0), int(y1)), slice(int(x0), int(x1)))
+        except (TypeError, ValueError, StoreError):
+            return "its done entry has no valid place (out_slices)"
+        want = self._chunk_keys(names, slice(y0, y1), slice(x0, x1))
+        objects = entry["objects"]
+        if sorted(objects) != sorted(want) or not want:
+            return "its done entry does not list the chunk's objects"
+        now = self._describe(want)
+        for key in want:
+            rec, got = objects[key], now[key]
+            if rec is None and got is None:
+                continue
+            if got is None:
+                return f"object {key} is missing"
+            if not isinstance(rec, dict):
+                return f"object {key} was recorded as not stored but exists"
+            if rec.get("size") != got["size"]:
+                return f"object {key} has {got['size']} bytes, the ledger recorded " \
+                       f"{rec.get('size')}"
+            if rec.get("sha256") != got["sha256"]:
+                return f"object {key} differs from what was written (sha256)"
+        return None
+
+    def verified_done(self) -> set[str]:
+        """Done chunks whose objects match the ledger; the others lose their done entry, so
+        that a rerun computes them again. Used by runs; :meth:`verify` only reports.
+
+        Examples
+        --------
+        >>> sorted(store.verified_done())  # doctest: +SKIP
+        ['r0_c0']
+        """
+        good = set()
+        for cid in sorted(self.done()):
+            reason = self.check_chunk(cid)
+            if reason is None:
+                good.add(cid)
+            else:
+                log.warning("chunk %s of %s will be computed again: %s", cid,
+                            self._files.display, reason)
+                self._files.delete(f"{LEDGER}/done/{cid}.json")
+        return good
+
+    def verify(self) -> dict[str, Any]:
+        """Report the store's health without changing anything.
+
+        Returns
+        -------
+        dict
+            ``ok`` (metadata readable and no chunk damaged), ``complete`` (``ok`` and every
+            chunk done), ``chunks_total``, ``verified`` (count), ``missing`` (chunk ids not
+            done), ``damaged`` (id -> reason), ``failed`` (id -> recorded reason),
+            ``unknown_entries`` (done entries of chunks the grid does not have) and
+            ``metadata`` (problems with the Zarr metadata).
+
+        Examples
+        --------
+        >>> MapStore.open("map.zarr").verify()["complete"]  # doctest: +SKIP
+        True
+        """
+        ids = self.chunk_ids()
+        done = self.done()
+        damaged, verified = {}, 0
+        for cid in sorted(done & set(ids)):
+            reason = self.check_chunk(cid)
+            if reason is None:
+                verified += 1
+            else:
+                damaged[cid] = reason
+        metadata = [p for p in (_metadata_problem(self._files, rel) for rel in
+                                ["zarr.json", *(f"{v}/zarr.json" for v in self.variables)]) if p]
+        failed = self.failures()
+        missing = [c for c in ids if c not in done]
+        ok = not damaged and not metadata
+        return {"store": self._files.display, "ok": ok, "complete": ok and not missing,
+                "chunks_total": len(ids), "verified": verified, "missing": missing,
+                "damaged": damaged, "failed": failed,
+                "unknown_entries": sorted(done - set(ids)), "metadata": metadata}
 
     # ------------------------------------------------------------------ ledger
     def done(self) -> set[str]:
@@ -782,6 +957,47 @@ class MapStore:
         return h.hexdigest()
 
 
+def verify_store(path: str | os.PathLike[str],
+                 storage_options: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """:meth:`MapStore.verify` for a path, also when the store cannot even be opened.
+
+    Returns
+    -------
+    dict
+        As :meth:`MapStore.verify`; a store whose ledger or root metadata is unreadable gives
+        ``ok=False`` with the problem under ``metadata``.
+
+    Raises
+    ------
+    StoreError
+        ``path`` is not a geoflow map store at all.
+
+    Examples
+    --------
+    >>> verify_store("map.zarr")["ok"]  # doctest: +SKIP
+    True
+    """
+    try:
+        return MapStore.open(path, storage_options).verify()
+    except StoreDamagedError as err:
+        return {"store": _Files(path, storage_options).display, "ok": False, "complete": False,
+                "chunks_total": None, "verified": 0, "missing": [], "damaged": {},
+                "failed": {}, "unknown_entries": [], "metadata": [err.message]}
+
+
+def _metadata_problem(files: _Files, rel: str) -> str | None:
+    """Why the Zarr metadata document ``rel`` is unusable, or None."""
+    try:
+        doc = files.read_json(rel)
+    except FileNotFoundError:
+        return f"{rel} is missing"
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        return f"{rel} is not valid JSON ({type(err).__name__})"
+    if not isinstance(doc, dict) or doc.get("zarr_format") != 3:
+        return f"{rel} is not Zarr v3 metadata"
+    return None
+
+
 def _is_incomplete_template(files: _Files) -> bool:
     try:
         attrs = files.read_json("zarr.json").get("attributes", {})
@@ -821,5 +1037,5 @@ def _geoflow_version() -> str:
     return __version__
 
 
-__all__ = ["DEFAULT_VARIABLES", "SUMMARY_VARIABLES", "TIME_VARIABLES", "MapStore",
-           "strip_secrets"]
+__all__ = ["DEFAULT_VARIABLES", "EMPTY_VALUES", "SUMMARY_VARIABLES", "TIME_VARIABLES",
+           "MapStore", "verify_store"]

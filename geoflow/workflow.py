@@ -19,6 +19,12 @@ A spec (every key but ``bbox`` and ``dates`` optional)::
     cluster:
       scheduler: null                  # tcp://HOST:8786; null: a LocalCluster
       workers: 4                       # LocalCluster workers
+    retry:                             # geoflow.retry.RetryPolicy; every key optional
+      attempts: 4                      # tries per request, chunk read and chunk write
+      backoff_s: 1.0                   # before the 2nd attempt, doubling
+      timeout_s: 30                    # one HTTP request
+      deadline_s: 7200                 # the whole run; default: no limit (a rerun resumes)
+      io_threads: null                 # remote reads per chunk; null: 4 (1 for local assets)
     reprocess:                         # only for reprocessing with a new model
       previous: maps/po-valley-v1.zarr # the map made with the old model (kept as is)
       report: maps/po-valley-changes.json
@@ -45,9 +51,10 @@ from pathlib import Path
 from typing import Any
 
 from geoflow.errors import GeoflowError, RequestError
+from geoflow.retry import SPEC_KEYS, RetryPolicy
 
 _TOP_KEYS = ("name", "bbox", "dates", "out", "catalog", "max_cloud", "model", "resolution",
-             "stride", "cluster", "reprocess")
+             "stride", "cluster", "retry", "reprocess")
 _CATALOG_KEYS = ("url", "s2_collection", "s1_collection", "signer")
 _CLUSTER_KEYS = ("scheduler", "workers")
 _REPROCESS_KEYS = ("previous", "report")
@@ -100,6 +107,7 @@ class Workflow:
     resolution: float = 10.0
     stride: int | None = None
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
     reprocess: ReprocessSpec | None = None
     source: str = "<dict>"
 
@@ -165,6 +173,8 @@ class Workflow:
                                hint="use 'planetary-computer' or leave it out (null)")
         cluster = _section(spec, "cluster", _CLUSTER_KEYS, where)
         workers = _opt_number(cluster, "workers", f"{where}: cluster", integer=True, low=1)
+        retry = RetryPolicy.from_spec(_section(spec, "retry", SPEC_KEYS, where),
+                                      where=f"{where}: retry")
         scheduler = _opt_str(cluster, "scheduler", f"{where}: cluster")
         if scheduler is not None and not re.match(r"^[a-z+]+://|^[\w.-]+:\d+$", scheduler):
             raise RequestError(f"{where}: cluster scheduler {scheduler!r} is not an address",
@@ -205,6 +215,7 @@ class Workflow:
             stride=None if stride is None else int(stride),
             cluster=ClusterSpec(scheduler=scheduler,
                                 workers=None if workers is None else int(workers)),
+            retry=retry,
             reprocess=reprocess,
             source=source,
         )
@@ -283,8 +294,9 @@ class Workflow:
         --------
         >>> wf = Workflow.from_dict({"bbox": [11, 45, 11.1, 45.1], "dates": "2024-06-01",
         ...                          "cluster": {"workers": 2}})
-        >>> sorted(wf.classify_kwargs())
-        ['catalog', 'client', 'max_cloud', 'model', 'n_workers', 'out', 'resolution', 'stride']
+        >>> sorted(wf.classify_kwargs())  # doctest: +NORMALIZE_WHITESPACE
+        ['catalog', 'client', 'max_cloud', 'model', 'n_workers', 'out', 'resolution', 'retry',
+         'stride']
         """
         return {
             "out": self.out_path(today),
@@ -295,6 +307,7 @@ class Workflow:
             "resolution": self.resolution,
             "stride": self.stride,
             "max_cloud": self.max_cloud,
+            "retry": self.retry,
         }
 
     def to_dict(self) -> dict[str, Any]:
@@ -351,7 +364,8 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
 
 
 def run_workflow(workflow: Workflow | str | os.PathLike[str], *, client: Any = None,
-                 progress: Any = None, today: date | None = None) -> Any:
+                 progress: Any = None, today: date | None = None,
+                 retry: RetryPolicy | None = None) -> Any:
     """Run a spec: :func:`geoflow.classify_region` with the spec's region, settings and cluster.
 
     Parameters
@@ -365,6 +379,8 @@ def run_workflow(workflow: Workflow | str | os.PathLike[str], *, client: Any = N
         Passed to :func:`geoflow.classify_region` (e.g. the CLI's progress bar).
     today
         The day relative dates refer to (default: the current UTC date).
+    retry
+        A retry policy instead of the spec's ``retry:`` section (the CLI's options).
 
     Returns
     -------
@@ -387,6 +403,8 @@ def run_workflow(workflow: Workflow | str | os.PathLike[str], *, client: Any = N
     kwargs = wf.classify_kwargs(today)
     if client is not None:
         kwargs["client"] = client
+    if retry is not None:
+        kwargs["retry"] = retry
     return classify_region(bbox, dates, progress=progress, **kwargs)
 
 
@@ -494,7 +512,12 @@ def _resolve_dates(dates: str, where: str, today: date) -> str:
     for part in parts:
         m = _RELATIVE_DAY.match(part.strip())
         if m:
-            out.append((today - timedelta(days=int(m.group(1) or 0))).isoformat())
+            try:
+                out.append((today - timedelta(days=int(m.group(1) or 0))).isoformat())
+            except OverflowError:
+                raise RequestError(f"{where}: relative date {part.strip()!r} is too far back",
+                                   hint="use at most a few thousand days, e.g. today-30d") \
+                    from None
         elif part.strip().lower().startswith("today"):
             raise RequestError(f"{where}: relative date {part.strip()!r} is not understood",
                                hint="write 'today' or 'today-<N>d', e.g. today-30d/today")

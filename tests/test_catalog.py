@@ -17,10 +17,11 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from geoflow.catalog import CatalogSettings, SceneSet, search_scenes, strip_query
+from geoflow.catalog import CatalogSettings, SceneSet, search_scenes
 from geoflow.cli import main as cli_main
-from geoflow.errors import CatalogError, NoScenesError, UnknownCollectionError
+from geoflow.errors import CatalogError, NoScenesError, UnknownCollectionError, strip_secrets
 from geoflow.request import Request
+from geoflow.retry import RetryPolicy
 
 S2, S1 = "sentinel-2-l2a", "sentinel-1-rtc"
 
@@ -206,8 +207,8 @@ def test_unreachable_api_names_the_url(requests_: dict[str, Request]) -> None:
     url = f"http://127.0.0.1:{_free_port()}"
     t0 = time.perf_counter()
     with pytest.raises(CatalogError) as err:
-        search_scenes(requests_["everything"],
-                      CatalogSettings(url, max_retries=1, backoff=0.01, timeout=2))
+        search_scenes(requests_["everything"], CatalogSettings(url),
+                      retry=RetryPolicy(attempts=2, backoff_s=0.01, timeout_s=2))
     assert url in str(err.value) and "connection refused" in str(err.value)
     assert time.perf_counter() - t0 < 10
 
@@ -231,7 +232,8 @@ def test_static_catalog_is_not_an_api(tmp_path: Path, requests_: dict[str, Reque
     try:
         url = f"http://127.0.0.1:{server.server_port}/catalog.json"
         with pytest.raises(CatalogError, match="without item search"):
-            search_scenes(requests_["everything"], CatalogSettings(url, max_retries=0))
+            search_scenes(requests_["everything"], CatalogSettings(url),
+                          retry=RetryPolicy(attempts=1))
     finally:
         server.shutdown()
         server.server_close()
@@ -268,9 +270,9 @@ def test_signer_errors_do_not_leak_tokens(requests_: dict[str, Request], stac_ur
     assert "https://acct.blob.core.windows.net/c/B04.tif" in str(err.value)
 
 
-def test_strip_query_removes_tokens_from_urls() -> None:
+def test_strip_secrets_removes_tokens_from_urls() -> None:
     text = "GET https://a.b/c.tif?st=1&sig=XYZ#f and http://127.0.0.1:9/x?token=T failed"
-    assert strip_query(text) == "GET https://a.b/c.tif and http://127.0.0.1:9/x failed"
+    assert strip_secrets(text) == "GET https://a.b/c.tif and http://127.0.0.1:9/x failed"
 
 
 def test_planetary_computer_signer_without_the_package_is_clear(
@@ -382,8 +384,7 @@ def test_transient_errors_are_retried_to_success(status: int, flaky: _FlakyProxy
     request = requests_["two_days"]
     direct = search_scenes(request, stac_url)
     flaky.fail("/search", status, times=2)
-    settings = CatalogSettings(flaky.url, max_retries=3, backoff=0.01)
-    via_proxy = search_scenes(request, settings)
+    via_proxy = search_scenes(request, flaky.url, retry=RetryPolicy(attempts=4, backoff_s=0.01))
     assert via_proxy.ids == direct.ids
     assert flaky.plan == []  # both failures were served, and retried past
     assert flaky.seen["/search"] == 2 + 2  # two failed + one good search per collection
@@ -393,16 +394,17 @@ def test_timeouts_are_retried_to_success(flaky: _FlakyProxy, requests_: dict[str
                                          stac_url: str) -> None:
     request = requests_["two_days"]
     flaky.fail("/search", 0, times=1, secs=1.0)
-    settings = CatalogSettings(flaky.url, max_retries=2, backoff=0.01, timeout=0.3)
-    assert search_scenes(request, settings).ids == search_scenes(request, stac_url).ids
+    policy = RetryPolicy(attempts=3, backoff_s=0.01, timeout_s=0.3)
+    assert search_scenes(request, flaky.url, retry=policy).ids == \
+        search_scenes(request, stac_url).ids
 
 
 def test_persistent_errors_give_up_with_the_status(flaky: _FlakyProxy,
                                                    requests_: dict[str, Request]) -> None:
     flaky.fail("/search", 500, times=100)
-    settings = CatalogSettings(flaky.url, max_retries=2, backoff=0.01)
     with pytest.raises(CatalogError, match="HTTP 500 after 2 retries") as err:
-        search_scenes(requests_["two_days"], settings)
+        search_scenes(requests_["two_days"], flaky.url,
+                      retry=RetryPolicy(attempts=3, backoff_s=0.01))
     assert flaky.url in str(err.value)
     assert flaky.seen["/search"] == 3  # one try + two retries, then it gave up
 

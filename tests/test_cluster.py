@@ -25,12 +25,18 @@ def _worker_readiness(dask_worker) -> tuple[tuple[tuple[bool, bool], float], dic
                                  for m in ("geoflow.regional", "geoflow.store", "zarr")}
 
 
-def test_gdal_settings_take_environment_overrides(monkeypatch):
+def test_gdal_settings_take_environment_overrides_but_retries_from_the_policy(monkeypatch):
     from geoflow._cluster import gdal_settings
+    from geoflow.retry import RetryPolicy
 
     assert gdal_settings()["GDAL_HTTP_MERGE_CONSECUTIVE_RANGES"] == "YES"
+    monkeypatch.setenv("GEOFLOW_GDAL_GDAL_HTTP_MERGE_CONSECUTIVE_RANGES", "NO")
+    assert gdal_settings()["GDAL_HTTP_MERGE_CONSECUTIVE_RANGES"] == "NO"
+    # Retries and timeouts are the run's policy, set at the edge: the environment cannot
+    # make them differ from what the chunk tasks assume.
     monkeypatch.setenv("GEOFLOW_GDAL_GDAL_HTTP_MAX_RETRY", "7")
-    assert gdal_settings()["GDAL_HTTP_MAX_RETRY"] == "7"
+    settings = gdal_settings(RetryPolicy(attempts=2, timeout_s=5))
+    assert (settings["GDAL_HTTP_MAX_RETRY"], settings["GDAL_HTTP_TIMEOUT"]) == ("1", "5")
 
 
 def test_existing_client_is_reused_prepared_and_left_open():
@@ -66,11 +72,19 @@ def test_workers_advertising_gpus_are_detected():
 
 
 def test_bad_scheduler_address_is_a_clear_error():
-    from geoflow._cluster import cluster_client
-    from geoflow.errors import GeoflowError
+    import time
 
+    from geoflow._cluster import cluster_client
+    from geoflow.errors import GeoflowError, RequestError
+    from geoflow.retry import RetryPolicy
+
+    t0 = time.monotonic()
     with pytest.raises(GeoflowError, match="cannot connect to the Dask scheduler"), \
-            cluster_client("tcp://127.0.0.1:9", connect_timeout=1):
+            cluster_client("tcp://127.0.0.1:9", retry=RetryPolicy(timeout_s=1)):
+        pass
+    # Bounded by the policy's timeout (at least 5 s; Dask's connect may take twice that).
+    assert time.monotonic() - t0 < 20
+    with pytest.raises(RequestError, match="is not HOST:PORT"), cluster_client("my laptop"):
         pass
 
 

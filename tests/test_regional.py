@@ -23,6 +23,8 @@ import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from _faulty_proxy import FaultyProxy
 
+from geoflow.retry import RetryPolicy
+
 pytestmark = pytest.mark.server
 
 CHUNK_PATCHES = 2
@@ -71,10 +73,16 @@ def _raw(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, decode_coords="all", consolidated=False, mask_and_scale=False)
 
 
+#: Short retries, so that failing assets fail in seconds: GDAL retries twice itself, the chunk
+#: task tries three times.
+FAST_RETRY = RetryPolicy(attempts=3, backoff_s=0.2)
+
+
 def _classify(region, stac_url, out, client, model_path, **kw):
     from geoflow.regional import classify_region
 
     bbox, dates = region
+    kw.setdefault("retry", FAST_RETRY)
     return classify_region(bbox, dates, out=str(out), catalog=stac_url, client=client,
                            model=model_path, chunk_patches=CHUNK_PATCHES, **kw)
 
@@ -123,19 +131,7 @@ def region(small_archive):
 
 
 @pytest.fixture(scope="module")
-def fast_retries():
-    """Short GDAL and chunk retries, so that failing assets fail in seconds."""
-    mp = pytest.MonkeyPatch()
-    mp.setenv("GEOFLOW_GDAL_GDAL_HTTP_MAX_RETRY", "1")
-    mp.setenv("GEOFLOW_GDAL_GDAL_HTTP_RETRY_DELAY", "0.1")
-    mp.setenv("GEOFLOW_CHUNK_ATTEMPTS", "3")
-    mp.setenv("GEOFLOW_RETRY_BACKOFF_S", "0.2")
-    yield
-    mp.undo()
-
-
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory, region, stac_url, client, model_path, fast_retries):
+def reference(tmp_path_factory, region, stac_url, client, model_path):
     """An uninterrupted run: the store every other run must reproduce byte for byte."""
     out = tmp_path_factory.mktemp("ref") / "map.zarr"
     ds = _classify(region, stac_url, out, client, model_path)
@@ -329,7 +325,7 @@ def test_http_500_a_few_times_is_retried_to_success(reference, region, stac_url,
                                                       tmp_path):
     ref_out, _ = reference
     path = _asset_of(Path(small_archive), "sentinel-2-l2a", "B08", lambda items: items[0])
-    # More 500s than GDAL's own retries (1 in these tests): the chunk task must retry.
+    # More 500s than GDAL's own tries (3 in these tests): the chunk task must retry.
     proxy.fail(path, 4)
     out = tmp_path / "map.zarr"
     ds = _classify(region, stac_url, out, client, model_path)
@@ -352,9 +348,8 @@ def test_always_broken_asset_fails_its_chunks_only_then_rerun_completes(
     cmd = [sys.executable, "-m", "geoflow.cli", "classify", "--bbox", ",".join(map(str, bbox)),
            "--dates", dates, "--out", str(out), "--catalog", stac_url,
            "--scheduler", client.scheduler.address, "--chunk-patches", str(CHUNK_PATCHES),
-           "--model", model_path]
-    env = _env(GEOFLOW_GDAL_GDAL_HTTP_MAX_RETRY="1", GEOFLOW_CHUNK_ATTEMPTS="2",
-               GEOFLOW_RETRY_BACKOFF_S="0.1")
+           "--model", model_path, "--retries", "1", "--backoff", "0.1"]
+    env = _env()
     run = subprocess.run(cmd, capture_output=True, env=env, timeout=300)
     err = run.stderr.decode()
     assert run.returncode == 1, err[-2000:]
@@ -370,25 +365,21 @@ def test_always_broken_asset_fails_its_chunks_only_then_rerun_completes(
     _assert_same_map(ref_out, out)
 
 
-def test_local_assets_are_read_with_one_thread_remote_ones_with_several(monkeypatch):
+def test_local_assets_are_read_with_one_thread_remote_ones_with_several():
     """Loopback and file assets have no latency to hide; remote ones get I/O threads."""
-    from types import SimpleNamespace
+    from geoflow.retry import REMOTE_IO_THREADS, assets_are_local
 
-    from geoflow.regional import IO_THREADS, _assets_are_local, _retry_settings
+    def items(*hrefs):
+        return [{"assets": {"B04": {"href": h}}} for h in hrefs]
 
-    def scenes(*hrefs):
-        return SimpleNamespace(s2=[{"assets": {"B04": {"href": h}}} for h in hrefs], s1=[])
-
-    local = scenes("http://127.0.0.1:8080/assets/a.tif", "http://localhost/b.tif",
-                   "/data/c.tif", "file:///data/d.tif", "http://[::1]:9000/e.tif")
-    assert _assets_are_local(local)
-    assert not _assets_are_local(scenes("http://127.0.0.1/a.tif",
-                                        "https://sentinel2l2a01.blob.core.windows.net/x.tif"))
-    monkeypatch.delenv("GEOFLOW_IO_THREADS", raising=False)
-    assert _retry_settings(True)["io_threads"] == 1
-    assert _retry_settings(False)["io_threads"] == IO_THREADS > 1
-    monkeypatch.setenv("GEOFLOW_IO_THREADS", "3")
-    assert _retry_settings(True)["io_threads"] == 3
+    local = items("http://127.0.0.1:8080/assets/a.tif", "http://localhost/b.tif",
+                  "/data/c.tif", "file:///data/d.tif", "http://[::1]:9000/e.tif")
+    assert assets_are_local(local)
+    assert not assets_are_local(items("http://127.0.0.1/a.tif",
+                                      "https://sentinel2l2a01.blob.core.windows.net/x.tif"))
+    assert RetryPolicy().threads_for(True) == 1
+    assert RetryPolicy().threads_for(False) == REMOTE_IO_THREADS > 1
+    assert RetryPolicy(io_threads=3).threads_for(True) == 3
 
 
 def test_chunks_go_to_workers_in_contiguous_runs_submitted_interleaved():

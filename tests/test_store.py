@@ -278,3 +278,111 @@ def test_object_store_urls_work_like_directories(tmp_path):
     assert again.digest() == local.digest()
     np.testing.assert_array_equal(again.dataset(mask_and_scale=False)["class"].values,
                                   maps["class"].values)
+
+
+# --------------------------------------------------------------------------- verification
+def _finished(tmp_path: Path):
+    plan = _plan()
+    store = _create(tmp_path / "map.zarr", plan)
+    _write(store, plan, _full_maps(plan))
+    return plan, store
+
+
+def test_the_ledger_records_each_objects_size_and_checksum(tmp_path):
+    plan, store = _finished(tmp_path)
+    root = Path(store.path)
+    chunk = plan.chunks[0]
+    entry = json.loads((root / "_geoflow_ledger/done" / f"{chunk.id}.json").read_text())
+    # 4 per-date variables x 2 dates + 2 summaries, each at chunk position (0, 0).
+    assert len(entry["objects"]) == 4 * 2 + 2
+    key = "class/c/1/0/0"
+    data = (root / key).read_bytes()
+    assert entry["objects"][key] == {"size": len(data),
+                                     "sha256": hashlib.sha256(data).hexdigest()}
+    assert store.verify()["complete"] and store.verify()["verified"] == len(plan.chunks)
+
+
+@pytest.mark.parametrize("damage, reason", [
+    (lambda root, cid: (root / "class/c/1/0/0").unlink(), "object class/c/1/0/0 is missing"),
+    (lambda root, cid: (root / "confidence/c/0/0/0").write_bytes(b"x" * 7), "has 7 bytes"),
+    (lambda root, cid: _flip_byte(root / "summary_class/c/0/0"), "differs from what was written"),
+    (lambda root, cid: (root / f"_geoflow_ledger/done/{cid}.json").write_text("{garbage"),
+     "done entry is unreadable"),
+    (lambda root, cid: (root / f"_geoflow_ledger/done/{cid}.json").write_text(
+        json.dumps({"chunk": cid, "objects": {}, "variables": ["class"],
+                    "out_slices": [[0, 2], [0, 2]]})), "does not list the chunk's objects"),
+    (lambda root, cid: (root / f"_geoflow_ledger/done/{cid}.json").write_text(
+        json.dumps({"chunk": cid, "objects": {"../../etc/passwd": None},
+                    "variables": ["../../etc"], "out_slices": [[0, 2], [0, 2]]})),
+     "variables the store does not have"),
+])
+def test_verify_finds_damage_without_changing_anything_and_a_rerun_repairs_it(
+        tmp_path, damage, reason):
+    plan, store = _finished(tmp_path)
+    root = Path(store.path)
+    digest = store.digest()
+    chunk = plan.chunks[0]
+    damage(root, chunk.id)
+    before = _tree_state(root)
+    report = store.verify()
+    assert _tree_state(root) == before  # verify only reads
+    assert not report["ok"] and not report["complete"]
+    assert list(report["damaged"]) == [chunk.id] and reason in report["damaged"][chunk.id]
+    # A run's view: the damaged chunk is not done any more, every other one is.
+    assert store.verified_done() == {c.id for c in plan.chunks} - {chunk.id}
+    _write(store, plan, _full_maps(plan), chunks=[chunk])  # what the rerun computes
+    assert store.verify()["complete"] and store.digest() == digest
+
+
+def _flip_byte(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    path.write_bytes(bytes(data))
+
+
+def test_a_failing_chunk_write_leaves_no_done_entry(tmp_path, monkeypatch):
+    """Fault injection for the write-before-mark rule: the region write raises, so the
+    ledger must not mark the chunk (a mark first would survive as a lie)."""
+    plan = _plan()
+    store = _create(tmp_path / "map.zarr", plan)
+    maps = _full_maps(plan)
+
+    def broken(self, *args, **kwargs):
+        if kwargs.get("region") is not None:
+            raise OSError(28, "No space left on device")
+        return real(self, *args, **kwargs)
+
+    real = xr.Dataset.to_zarr
+    monkeypatch.setattr(xr.Dataset, "to_zarr", broken)
+    with pytest.raises(StoreError, match="No space left on device") as err:
+        _write(store, plan, maps, chunks=plan.chunks[:1])
+    assert "rerun to resume" in str(err.value)
+    assert store.done() == set()
+    assert not list((Path(store.path) / "_geoflow_ledger").rglob("*.tmp-*"))
+
+
+@pytest.fixture
+def tiny_disk(tmp_path):
+    """A real 256 KiB file system (tmpfs), where writes fail with ENOSPC once it is full."""
+    import subprocess
+
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
+                          capture_output=True)
+    if done.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], check=False)
+
+
+def test_a_full_disk_is_a_clear_error_and_leaves_no_temporary_files(tiny_disk):
+    (tiny_disk / "filler").write_bytes(b"\0" * (256 * 1024 - 8 * 4096))
+    plan = _plan(1)
+    with pytest.raises(StoreError, match=r"No space left|free space") as err:
+        store = _create(tiny_disk / "map.zarr", plan)
+        _write(store, plan, _full_maps(plan))
+    assert "Fix:" in str(err.value)
+    assert not [p for p in tiny_disk.rglob("*") if ".tmp-" in p.name]
