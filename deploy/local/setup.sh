@@ -5,8 +5,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 
-extras="server,cog"
-[[ "${1:-}" == "--dev" ]] && extras="dev"
+dev=()
+[[ "${1:-}" == "--dev" ]] && dev=(--dev)
 
 need_apt=()
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || need_apt+=(postgresql)
@@ -23,8 +23,7 @@ fi
 if [[ ! -x .venv/bin/python ]]; then
   python3 -m venv .venv
 fi
-.venv/bin/python -m pip install -q --upgrade pip
-# The CPU wheel of torch first: a bare `torch` would pull a multi-GB CUDA build.
-.venv/bin/python -m pip install -q torch==2.13.0
-.venv/bin/python -m pip install -q -e ".[${extras}]"
+# What is installed and its versions (the CPU wheel of torch==2.13.0 first, then geoflow with
+# its extras) are in deploy/install.sh: the container image runs the same script.
+bash deploy/install.sh "${dev[@]}" --editable .venv/bin/python .
 echo "setup: done (.venv/bin/geoflow)" >&2
