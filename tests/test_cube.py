@@ -14,7 +14,7 @@ import pytest
 import rasterio
 from affine import Affine
 
-from geoflow.cube import POLARIZATIONS, build_cube, s2_offset, solar_day
+from geoflow.cube import POLARIZATIONS, _finish, _pair_s1, build_cube, s2_offset, solar_day
 from geoflow.errors import CubeError
 from geoflow.grid import GridSpec
 
@@ -127,6 +127,77 @@ def test_s2_offset_follows_the_processing_baseline() -> None:
     assert s2_offset("03.01") == s2_offset("02.14") == s2_offset(None) == 0.0
     with pytest.raises(CubeError, match="not a version number"):
         s2_offset("new")
+
+
+def test_s2_offset_boundary_is_baseline_04_00() -> None:
+    # The offset starts exactly at 04.00: the last baseline before it has none.
+    assert s2_offset("03.99") == s2_offset(3.999) == 0.0
+    assert s2_offset("04.00") == s2_offset("4") == s2_offset("04.01") == -1000.0
+    assert s2_offset("") == 0.0  # an empty property is a missing one, not an error
+    with pytest.raises(CubeError) as info:
+        s2_offset("v4")
+    assert info.value.hint == "items must carry baselines like '05.10'"
+
+
+def test_finish_scales_reflectance_with_the_offset_and_masks_dn_0() -> None:
+    raw = np.array([0, 1000, 1001, 11000], dtype="float32")
+    # Baseline >= 04.00: (DN - 1000) / 10000 -> [no data, 0, 0.0001, 1]; DN 1000 is a
+    # valid 0 reflectance, only DN 0 is no data.
+    got = _finish(raw.copy(), "reflectance", -1000.0)
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1:], [0.0, 0.0001, 1.0], rtol=0, atol=1e-7)
+    # Older baseline: DN / 10000 -> [no data, 0.1, 0.1001, 1.1].
+    got = _finish(raw.copy(), "reflectance", 0.0)
+    assert np.isnan(got[0])
+    np.testing.assert_allclose(got[1:], [0.1, 0.1001, 1.1], rtol=0, atol=1e-7)
+    assert got.dtype == np.float32
+
+
+def test_finish_converts_linear_sar_to_db_and_masks_non_positive() -> None:
+    # 10 log10: 1 -> 0 dB, 0.1 -> -10, 0.01 -> -20, 10 -> 10; 0 and the -32768 nodata have
+    # no dB value -> NaN (not -inf).
+    raw = np.array([1.0, 0.1, 0.01, 10.0, 0.0, -32768.0], dtype="float32")
+    got = _finish(raw, "db", 0.0)
+    np.testing.assert_allclose(got[:4], [0.0, -10.0, -20.0, 10.0], atol=1e-5)
+    assert np.isnan(got[4:]).all()
+    scl = np.array([0, 4, 9], dtype="uint8")
+    np.testing.assert_array_equal(_finish(scl, "scl", -1000.0), [0, 4, 9])  # codes untouched
+
+
+T0 = pd.Timestamp("2024-06-10T10:30:00")
+DAY = pd.Timedelta(days=1)
+SEC = pd.Timedelta(seconds=1)
+
+
+def _acq(*times: pd.Timestamp) -> list[tuple[pd.Timestamp, list[str]]]:
+    return [(t, [f"s1_{k}"]) for k, t in enumerate(times)]
+
+
+def test_pairing_tolerance_is_inclusive() -> None:
+    tol = 6 * DAY
+    # Exactly 6 days away (either side) pairs; one second more does not.
+    assert _pair_s1([T0], _acq(T0 + tol), tol) == [0]
+    assert _pair_s1([T0], _acq(T0 - tol), tol) == [0]
+    assert _pair_s1([T0], _acq(T0 - tol - SEC, T0 + tol + SEC), tol) == [None]
+    # Tolerance 0: only the same instant.
+    assert _pair_s1([T0], _acq(T0 - SEC, T0), pd.Timedelta(0)) == [1]
+    assert _pair_s1([T0], _acq(T0 + SEC), pd.Timedelta(0)) == [None]
+    assert _pair_s1([T0], [], tol) == [None]
+
+
+def test_pairing_takes_the_nearest_and_the_earlier_on_a_tie() -> None:
+    tol = 6 * DAY
+    # Nearest wins whichever comes first in the list: 3 d before vs 1 d after -> after (1).
+    assert _pair_s1([T0], _acq(T0 - 3 * DAY, T0 + DAY), tol) == [1]
+    # ... and 1 d before vs 3 d after -> before (0); the list's third, 5 d after, loses too.
+    assert _pair_s1([T0], _acq(T0 - DAY, T0 + 3 * DAY, T0 + 5 * DAY), tol) == [0]
+    # Two at the same distance (2 d before and after): the earlier one.
+    assert _pair_s1([T0], _acq(T0 - 2 * DAY, T0 + 2 * DAY), tol) == [0]
+    # A tie exactly at the tolerance: still paired, with the earlier one.
+    assert _pair_s1([T0], _acq(T0 - tol, T0 + tol), tol) == [0]
+    # Each S2 date is paired on its own; one S1 acquisition may serve several dates.
+    s2 = [T0, T0 + 4 * DAY, T0 + 20 * DAY]
+    assert _pair_s1(s2, _acq(T0 + 2 * DAY, T0 + 9 * DAY), tol) == [0, 0, None]
 
 
 def test_solar_day_uses_local_longitude() -> None:

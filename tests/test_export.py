@@ -19,7 +19,7 @@ import xarray as xr
 import geoflow
 from geoflow.cli import main
 from geoflow.errors import StoreError
-from geoflow.export import export_cog, quicklook_png
+from geoflow.export import _hex_rgba, export_cog, quicklook_png
 from geoflow.grid import GridSpec
 from geoflow.store import MapStore
 from geoflow.tiles import plan_chunks
@@ -65,6 +65,49 @@ def test_cog_has_colour_table_class_names_and_georeferencing(store, tmp_path):
         assert src.tags(1)["CLASS_3"] == "Harbor"
         assert src.tags()["GEOFLOW_MODEL_VERSION"] == "demo-1"
         assert src.descriptions == ("summary_class",)
+
+
+def test_hex_rgba_converts_each_channel_to_0_255():
+    # 0xfe = 254, 0xdc = 220, 0xba = 186, 0xc0 = 192: high values, so that a wrong scale
+    # (x 256 instead of 255) shows in every channel.
+    assert _hex_rgba("#fedcba") == (254, 220, 186, 255)
+    assert _hex_rgba("#fedcbac0") == (254, 220, 186, 192)
+    assert _hex_rgba("#000000") == (0, 0, 0, 255)
+    assert _hex_rgba("red") == (255, 0, 0, 255)  # any matplotlib colour works
+
+
+def _tiny_map(name: str) -> xr.Dataset:
+    values = np.array([[0, 1, 2], [2, 255, 0]], "uint8")
+    return xr.Dataset({name: (("y", "x"), values)},
+                      coords={"y": [5000015.0, 5000005.0], "x": [500005.0, 500015.0, 500025.0]},
+                      attrs={"classes": ["Barren", "Water", "Harbor"],
+                             "class_colors": ["#fedcba", "#2255cc", "#ff00ff"],
+                             "crs": "EPSG:32632"})
+
+
+@pytest.mark.parametrize("name", ["summary_class", "class"])
+def test_colour_table_has_the_class_colours_and_a_transparent_no_data_entry(name, tmp_path):
+    out = export_cog(_tiny_map(name), tmp_path / f"{name}.tif", name)
+    with rasterio.open(out) as src:
+        assert src.nodata == 255
+        cmap = src.colormap(1)
+    assert len(cmap) == 256
+    assert [cmap[i] for i in range(3)] == [(254, 220, 186, 255), (34, 85, 204, 255),
+                                          (255, 0, 255, 255)]
+    # No data (255) must be see-through in a GIS: alpha 0.
+    assert cmap[255] == (0, 0, 0, 0)
+    # Codes that are no class are black (GeoTIFF colour tables keep no alpha, so GDAL reads
+    # them back opaque; only the no-data entry gets alpha 0, from the nodata value).
+    assert all(cmap[i][:3] == (0, 0, 0) for i in range(3, 255))
+
+
+def test_fraction_layers_have_no_colour_table_and_no_nodata(tmp_path):
+    out = export_cog(_tiny_map("confidence"), tmp_path / "conf.tif", "confidence")
+    with rasterio.open(out) as src:
+        assert src.nodata is None  # 255 is a valid confidence (1.0), not no data
+        with pytest.raises(ValueError, match="NULL color table"):
+            src.colormap(1)
+        assert src.tags(1)["SCALE_NOTE"] == "value / 255 = fraction"
 
 
 def test_per_date_layers_and_decoded_maps_export_too(store, tmp_path):

@@ -8,7 +8,7 @@ import xarray as xr
 
 from geoflow.errors import CubeError, ModelError
 from geoflow.grid import GridSpec
-from geoflow.infer import classify_window, get_model
+from geoflow.infer import add_summary, classify_window, get_model, period_summary
 from geoflow.tiles import plan_chunks
 
 
@@ -135,3 +135,102 @@ def test_model_is_loaded_once_per_process_and_again_when_replaced(model, ckpt, t
     _save_tiny_checkpoint(path, seed=2)  # retrained in place: new checksum, loaded again
     second = get_model(path, device="cpu")
     assert second is not first and second.checksum != first.checksum
+
+
+# --------------------------------------------------------------------------- period summary
+# Every expected number below is worked out by hand from the rule in period_summary's
+# docstring (vote weight = confidence + 1; ties to the lower class; summary confidence =
+# round-half-up of (winner's confidence summed) / (valid dates)), never by calling it.
+def _stack(*dates: list[tuple[int, int]]) -> tuple[np.ndarray, np.ndarray]:
+    """(class, confidence) per date for a row of pixels -> (time, 1, x) uint8 arrays."""
+    cls = np.array([[[c for c, _ in d]] for d in dates], dtype=np.uint8)
+    conf = np.array([[[q for _, q in d]] for d in dates], dtype=np.uint8)
+    return cls, conf
+
+
+def test_summary_vote_is_weighted_by_confidence_not_counted():
+    # pixel 0: class 1 once at 250 (weight 251) vs class 2 twice at 40 (41 + 41 = 82): a
+    #          head count would pick 2, the weighted vote picks 1.
+    # pixel 1: class 2 once at 200 (201) vs class 1 twice at 99 (100 + 100 = 200): 2 wins by
+    #          one, so the "+ 1" counts and the weights are confidence, not confidence squared.
+    cls, conf = _stack([(1, 250), (1, 99)], [(2, 40), (2, 200)], [(2, 40), (1, 99)])
+    s_cls, _ = period_summary(cls, conf, 10)
+    assert s_cls.tolist() == [[1, 2]]
+
+
+def test_summary_every_valid_observation_counts_even_at_zero_confidence():
+    # Weights are confidence + 1 = 1 each: class 5 has 2 votes, class 3 has 1 -> 5.  Without
+    # the + 1 every class would total 0 and the winner would be class 0, never observed.
+    cls, conf = _stack([(3, 0)], [(5, 0)], [(5, 0)])
+    s_cls, s_conf = period_summary(cls, conf, 10)
+    assert s_cls.tolist() == [[5]] and s_conf.tolist() == [[0]]
+
+
+def test_summary_tie_goes_to_the_lower_class_index():
+    # Both weights 99 + 1 = 100; the higher class comes first in time so that "first seen"
+    # or "last seen" would not give the lower index by accident.
+    # pixel 0: class 4 then 2 -> 2.  pixel 1: class 9 then 0 -> 0 (both ends of the range).
+    cls, conf = _stack([(4, 99), (9, 7)], [(2, 99), (0, 7)])
+    s_cls, s_conf = period_summary(cls, conf, 10)
+    assert s_cls.tolist() == [[2, 0]]
+    # Winner's confidence over 2 valid dates: 99 / 2 = 49.5 -> 50;  7 / 2 = 3.5 -> 4.
+    assert s_conf.tolist() == [[50, 4]]
+
+
+def test_summary_first_and_last_class_index_take_part():
+    # n_classes = 10: class 9 (the last index) must be counted; so must class 0.
+    # pixel 0: class 9 at 10 (11) beats class 8 at 5 (6) -> 9.
+    # pixel 1: class 0 at 10 (11) beats class 1 at 5 (6) -> 0.
+    cls, conf = _stack([(9, 10), (0, 10)], [(8, 5), (1, 5)])
+    s_cls, s_conf = period_summary(cls, conf, 10)
+    assert s_cls.tolist() == [[9, 0]]
+    assert s_conf.tolist() == [[5, 5]]  # 10 / 2 valid dates
+
+
+def test_summary_confidence_is_the_winners_mean_over_valid_dates_rounded_half_up():
+    # pixel 0: winner 1 (251 vs 82); (250 + 0 + 0) / 3 = 83.33 -> 83: losers count as 0.
+    # pixel 1: 3 + 2 = 5 over 2 valid dates (the 255 date is not one) = 2.5 -> 3 (half up;
+    #          numpy's rint would give 2; over all 3 dates it would be 1.67 -> 2).
+    # pixel 2: 2 + 2 + 1 = 5 over 3 dates = 1.67 -> 2 (rounded, not floored to 1).
+    # pixel 3: 255 on all 3 dates -> 255, in int64 (uint8 sums would wrap).
+    cls, conf = _stack([(1, 250), (1, 3), (7, 2), (4, 255)],
+                       [(2, 40), (1, 2), (7, 2), (4, 255)],
+                       [(2, 40), (255, 0), (7, 1), (4, 255)])
+    s_cls, s_conf = period_summary(cls, conf, 10)
+    assert s_cls.tolist() == [[1, 1, 7, 4]]
+    assert s_conf.tolist() == [[83, 3, 2, 255]]
+    assert s_cls.dtype == np.uint8 and s_conf.dtype == np.uint8
+
+
+def test_summary_without_valid_dates_is_no_data_whatever_the_confidence():
+    # pixel 0: never observed (255), even with a stray confidence -> 255 / 0.
+    # pixel 1: one date of no data beside a valid one: the 255 date's confidence (200) is
+    #          neither a vote nor part of the mean: 60 / 1 -> 60.
+    cls, conf = _stack([(255, 200), (255, 200)], [(255, 0), (3, 60)])
+    s_cls, s_conf = period_summary(cls, conf, 10)
+    assert s_cls.tolist() == [[255, 3]]
+    assert s_conf.tolist() == [[0, 60]]
+
+
+def test_summary_is_per_pixel_on_a_2d_map():
+    # (time 2, y 2, x 2); each pixel votes on its own:
+    # (0,0): 1@10, 1@20 -> 1, 30/2 = 15.   (0,1): 2@50, 3@60 -> 3, 60/2 = 30.
+    # (1,0): 255, 255 -> no data.          (1,1): 4@9, 255 -> 4, 9/1 = 9.
+    cls = np.array([[[1, 2], [255, 4]], [[1, 3], [255, 255]]], dtype=np.uint8)
+    conf = np.array([[[10, 50], [0, 9]], [[20, 60], [0, 0]]], dtype=np.uint8)
+    s_cls, s_conf = period_summary(cls, conf, 10)
+    assert s_cls.tolist() == [[1, 3], [255, 4]]
+    assert s_conf.tolist() == [[15, 30], [0, 9]]
+
+
+def test_add_summary_adds_both_layers_on_the_map_grid():
+    cls, conf = _stack([(1, 250), (2, 10)], [(2, 40), (255, 0)], [(2, 40), (2, 30)])
+    ds = xr.Dataset({"class": (("time", "y", "x"), cls), "confidence": (("time", "y", "x"), conf)},
+                    coords={"y": [5.0], "x": [1.0, 2.0]})
+    out = add_summary(ds, 10)
+    # pixel 0 as above: 1, 250 / 3 = 83.33 -> 83.  pixel 1: class 2 at 10 and 30 over 2
+    # valid dates: 40 / 2 = 20.
+    assert out["summary_class"].dims == out["summary_confidence"].dims == ("y", "x")
+    assert out["summary_class"].values.tolist() == [[1, 2]]
+    assert out["summary_confidence"].values.tolist() == [[83, 20]]
+    assert "summary_class" not in ds  # the input is left as it was
