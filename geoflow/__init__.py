@@ -4,6 +4,8 @@ The public API is small:
 
 - :func:`geoflow.classify_region` maps a bbox over a date range and returns an
   ``xarray.Dataset`` (optionally streamed to a Zarr store);
+- :func:`geoflow.open_map` opens a map store (path or URL) as stored: uint8 classes with 255
+  for no data, CRS decoded;
 - :func:`geoflow.plot` draws such a map with its legend;
 - :class:`geoflow.GeoflowError` is the root of every error geoflow raises on purpose.
 
@@ -24,6 +26,7 @@ except PackageNotFoundError:  # running from a source tree without install
 
 _LAZY = {
     "classify_region": ("geoflow.regional", "classify_region"),
+    "open_map": ("geoflow.store", "open_map"),
     "plot": ("geoflow._plot", "plot"),
 }
 
@@ -37,4 +40,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'geoflow' has no attribute {name!r}")
 
 
-__all__ = ["GeoflowError", "__version__", "classify_region", "plot"]
+__all__ = ["GeoflowError", "__version__", "classify_region", "open_map", "plot"]

@@ -11,7 +11,7 @@ import contextlib
 import importlib
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,10 +95,78 @@ def tune_malloc(threshold: int = MMAP_THRESHOLD) -> bool:
         return False
 
 
+#: Standard AWS variables that GDAL reads under the same name. Not the credentials
+#: (``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``, ``AWS_SESSION_TOKEN``): GDAL and boto
+#: read those from each process's own environment, ``rasterio.Env`` refuses them as options,
+#: and settings sent with tasks must not carry secrets.
+_AWS_SAME_NAME = ("AWS_REQUEST_PAYER", "AWS_NO_SIGN_REQUEST")
+
+
+def aws_gdal_options(environ: Mapping[str, str] | None = None) -> dict[str, str]:
+    """GDAL's options for ``s3://`` (``/vsis3/``) reads, from the standard AWS environment.
+
+    boto3 and s3fs read ``AWS_ENDPOINT_URL`` (or ``AWS_ENDPOINT_URL_S3``) and the region;
+    GDAL ignores the endpoint URL and wants ``AWS_S3_ENDPOINT`` (host and port),
+    ``AWS_HTTPS`` and ``AWS_VIRTUAL_HOSTING`` instead, or it asks
+    ``BUCKET.s3.REGION.amazonaws.com``. An S3-compatible endpoint is addressed path-style
+    (``AWS_VIRTUAL_HOSTING=FALSE``), which they all serve. GDAL options already set in the
+    environment win. The endpoint URL itself is passed on too, for s3fs on the workers.
+
+    Credentials are not among them: GDAL reads ``AWS_ACCESS_KEY_ID``,
+    ``AWS_SECRET_ACCESS_KEY`` and ``AWS_SESSION_TOKEN`` (or ``AWS_PROFILE``'s files) from the
+    process environment itself, workers of a LocalCluster inherit the client's, and workers
+    elsewhere use their own (an IAM role, a mounted secret): keys never travel with tasks.
+
+    Parameters
+    ----------
+    environ
+        Where to read the variables (default ``os.environ``).
+
+    Returns
+    -------
+    dict
+        Only options derived from variables that are set.
+
+    Examples
+    --------
+    >>> aws_gdal_options({"AWS_ENDPOINT_URL": "http://127.0.0.1:9000",
+    ...                   "AWS_DEFAULT_REGION": "eu-west-1",
+    ...                   "AWS_SECRET_ACCESS_KEY": "s"})  # doctest: +NORMALIZE_WHITESPACE
+    {'AWS_REGION': 'eu-west-1', 'AWS_ENDPOINT_URL': 'http://127.0.0.1:9000',
+     'AWS_S3_ENDPOINT': '127.0.0.1:9000', 'AWS_HTTPS': 'NO', 'AWS_VIRTUAL_HOSTING': 'FALSE'}
+    """
+    from urllib.parse import urlsplit
+
+    env = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    for key in _AWS_SAME_NAME:
+        if env.get(key):
+            out[key] = env[key]
+    region = env.get("AWS_REGION") or env.get("AWS_DEFAULT_REGION")
+    if region:
+        out["AWS_REGION"] = region
+    endpoint_key = next((k for k in ("AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL") if env.get(k)),
+                        None)
+    if endpoint_key:
+        url = env[endpoint_key].strip()
+        parts = urlsplit(url if "://" in url else f"https://{url}")
+        if parts.hostname:
+            host = f"[{parts.hostname}]" if ":" in parts.hostname else parts.hostname
+            out[endpoint_key] = url
+            out["AWS_S3_ENDPOINT"] = host + (f":{parts.port}" if parts.port else "")
+            out["AWS_HTTPS"] = "NO" if parts.scheme == "http" else "YES"
+            out["AWS_VIRTUAL_HOSTING"] = "FALSE"
+    for key in ("AWS_S3_ENDPOINT", "AWS_HTTPS", "AWS_VIRTUAL_HOSTING"):
+        if env.get(key):
+            out[key] = env[key]
+    return out
+
+
 def gdal_settings(retry: RetryPolicy | None = None) -> dict[str, str]:
     """GDAL settings pushed to workers: :data:`GDAL_SETTINGS` (each overridable by a
-    ``GEOFLOW_GDAL_<NAME>`` environment variable), then the HTTP retries and timeouts of
-    ``retry`` (which the environment does not override: the policy is set at the edge).
+    ``GEOFLOW_GDAL_<NAME>`` environment variable), the ``s3://`` options translated from the
+    standard AWS environment (:func:`aws_gdal_options`), then the HTTP retries and timeouts
+    of ``retry`` (which the environment does not override: the policy is set at the edge).
 
     Returns
     -------
@@ -117,6 +185,7 @@ def gdal_settings(retry: RetryPolicy | None = None) -> dict[str, str]:
         override = os.environ.get(f"GEOFLOW_GDAL_{key}")
         if override is not None:
             out[key] = override
+    out.update(aws_gdal_options())
     out.update((retry or RetryPolicy()).gdal_options())
     return out
 
@@ -323,5 +392,6 @@ def cluster_client(
                 obj.close()
 
 
-__all__ = ["GDAL_SETTINGS", "ClusterInfo", "WorkerSetup", "cluster_client", "gdal_settings",
+__all__ = ["GDAL_SETTINGS", "ClusterInfo", "WorkerSetup", "aws_gdal_options", "cluster_client",
+           "gdal_settings",
            "has_gpu_workers", "tune_malloc"]

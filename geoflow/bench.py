@@ -15,6 +15,10 @@ demo region ("4x", 125 km^2, 6 chunks) and its centred quarter ("1x", 2 chunks):
 - ``worker_hours_per_100k_km2``: what mapping a country costs at this rate (Germany,
   357,600 km^2, is 3.6 times that), per month of imagery.
 
+``geoflow bench --storage`` (:func:`run_storage_bench`) measures instead where the map goes:
+the demo region written to local disk and to a local S3 server (moto, started on 127.0.0.1
+for the run), interleaved on one warmed cluster, in km^2/s each.
+
 Throughput keys are measured on the 4x region, where every worker has several chunks; on the
 1x region (one chunk per worker) a run is mostly per-run cost (search, store template,
 opening every asset once per worker), reported as ``*_1x``. Workers are warmed first (model
@@ -28,10 +32,14 @@ import contextlib
 import math
 import os
 import shutil
+import socket
+import subprocess
+import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
 import psutil
@@ -333,4 +341,192 @@ def run_bench(
     }
 
 
-__all__ = ["PeakRSS", "run_bench"]
+@contextlib.contextmanager
+def local_s3_server(timeout_s: float = 30.0) -> Iterator[str]:
+    """Run moto's standalone S3 server on 127.0.0.1 (a free port) while the block runs.
+
+    A real S3 protocol endpoint (conditional writes included) for benchmarks and tests;
+    it keeps objects in memory and accepts any credentials.
+
+    Yields
+    ------
+    str
+        The endpoint URL, ``"http://127.0.0.1:PORT"`` (for ``AWS_ENDPOINT_URL``).
+
+    Raises
+    ------
+    GeoflowError
+        moto is not installed (``pip install "moto[server]"``), or the server did not answer
+        within ``timeout_s``.
+
+    Examples
+    --------
+    >>> with local_s3_server() as endpoint:  # doctest: +SKIP
+    ...     print(endpoint)
+    http://127.0.0.1:40123
+    """
+    import importlib.util
+    import urllib.error
+    import urllib.request
+
+    from geoflow.errors import GeoflowError
+
+    script = Path(sys.executable).with_name("moto_server")
+    if script.exists():
+        cmd = [str(script)]
+    elif importlib.util.find_spec("moto") is not None:
+        cmd = [sys.executable, "-m", "moto.server"]
+    else:
+        raise GeoflowError("moto's S3 server is not installed",
+                           hint='pip install "moto[server]" (the dev extra has it)')
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    endpoint = f"http://127.0.0.1:{port}"
+    # Its request log goes to a file: a pipe nobody reads would block the server when full.
+    with tempfile.TemporaryFile() as log_file:
+        proc = subprocess.Popen([*cmd, "-H", "127.0.0.1", "-p", str(port)],
+                                stdin=subprocess.DEVNULL, stdout=log_file, stderr=log_file)
+        try:
+            deadline = time.monotonic() + timeout_s
+            while True:
+                try:
+                    with urllib.request.urlopen(endpoint + "/", timeout=2):
+                        break
+                except (urllib.error.URLError, OSError):
+                    if proc.poll() is not None or time.monotonic() > deadline:
+                        log_file.seek(0)
+                        tail = log_file.read()[-500:].decode(errors="replace")
+                        raise GeoflowError(f"moto's S3 server did not start on {endpoint} "
+                                           f"({tail.strip() or 'no output'})",
+                                           hint="check that moto[server] is installed "
+                                                "completely (flask, werkzeug)") from None
+                    time.sleep(0.1)
+            yield endpoint
+        finally:
+            proc.terminate()
+            try:
+                proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+
+
+@contextlib.contextmanager
+def _environ(values: Mapping[str, str]) -> Iterator[None]:
+    """``os.environ`` with ``values`` set while the block runs, restored afterwards."""
+    old = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in old.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def run_storage_bench(
+    *, n_workers: int | None = None, model: str | os.PathLike[str] | None = None,
+    repeats: int = 2, log: Callable[[str], Any] | None = None
+) -> dict[str, Any]:
+    """The demo region written to local disk and to a local S3 server, in one run.
+
+    Starts moto's S3 server on 127.0.0.1 (:func:`local_s3_server`) and points the standard
+    AWS environment at it (so the client, the workers and GDAL all use it), warms one
+    LocalCluster, then runs :func:`geoflow.classify_region` on the demo region ``repeats``
+    times to each target, interleaved (disk, S3, disk, S3, ...): the machine's drift falls on
+    both alike. Every run writes a new store.
+
+    Parameters
+    ----------
+    n_workers
+        Workers of the LocalCluster (default: the machine's cores).
+    model
+        Checkpoint (default: the shipped demo weights).
+    repeats
+        Runs per target; the best of each is reported.
+    log
+        Called with one-line status messages.
+
+    Returns
+    -------
+    dict
+        ``disk_km2_per_s`` and ``s3_km2_per_s`` (best run each), ``s3_vs_disk`` (their
+        ratio), ``km2``, ``disk_seconds`` / ``s3_seconds`` (every run), ``same_map`` (the
+        stores' digests agree), ``workers``.
+
+    Examples
+    --------
+    >>> figures = run_storage_bench(n_workers=2)  # doctest: +SKIP
+    >>> figures["s3_km2_per_s"] > 0  # doctest: +SKIP
+    True
+    """
+    import fsspec
+
+    from geoflow._cluster import (
+        close_local_cluster,
+        gdal_settings,
+        new_local_cluster,
+        prepare_cluster,
+    )
+    from geoflow.demo import served_archive
+    from geoflow.model import DEFAULT_CHECKPOINT
+    from geoflow.regional import classify_region
+    from geoflow.store import MapStore
+
+    say = log or (lambda _msg: None)
+    bucket = "geoflow-bench"
+    with served_archive(log) as (_directory, info, url), local_s3_server() as endpoint, \
+            _environ({"AWS_ENDPOINT_URL": endpoint, "AWS_ACCESS_KEY_ID": "bench",
+                      "AWS_SECRET_ACCESS_KEY": "bench", "AWS_DEFAULT_REGION": "us-east-1",
+                      "AWS_REGION": "us-east-1"}):
+        say(f"S3 server (moto) at {endpoint}")
+        fs = fsspec.filesystem("s3", skip_instance_cache=True)
+        fs.mkdir(bucket)
+        dates, bbox = info["datetime"], _sub_bbox(info["demo_bbox"], _FRACTION_4X)
+        model_path = str(model) if model is not None else str(DEFAULT_CHECKPOINT)
+        tmp = tempfile.mkdtemp(prefix="geoflow-bench-")
+        # Started after the environment is set: the workers inherit it (s3fs on the workers
+        # writes the S3 store; GDAL's s3 options come with gdal_settings()).
+        cluster, client = new_local_cluster(n_workers, gdal_settings(), dashboard=False)
+        try:
+            cl = prepare_cluster(client)
+            say(f"warming up {cl.n_workers} workers")
+            href = _any_asset(url, dates, bbox)
+            client.run(_warm_worker, model_path, href)
+            for target in (os.path.join(tmp, "warm.zarr"), f"s3://{bucket}/warm.zarr"):
+                classify_region(_sub_bbox(bbox, 0.3), dates, out=target, catalog=url,
+                                client=client, model=model_path)
+            seconds: dict[str, list[float]] = {"disk": [], "s3": []}
+            digests: dict[str, set[str]] = {"disk": set(), "s3": set()}
+            km2 = 0.0
+            for i in range(max(1, int(repeats))):
+                for name in ("disk", "s3"):
+                    out = (os.path.join(tmp, f"map{i}.zarr") if name == "disk"
+                           else f"s3://{bucket}/map{i}.zarr")
+                    say(f"{name}: run {i + 1} of {repeats}, {out}")
+                    t0 = time.perf_counter()
+                    ds = classify_region(bbox, dates, out=out, catalog=url, client=client,
+                                         model=model_path)
+                    seconds[name].append(time.perf_counter() - t0)
+                    km2 = float(dict(ds.attrs["run"])["km2"])
+                    digests[name].add(MapStore.open(out).digest())
+        finally:
+            close_local_cluster(cluster, client)
+            shutil.rmtree(tmp, ignore_errors=True)
+    disk, s3 = km2 / min(seconds["disk"]), km2 / min(seconds["s3"])
+    return {
+        "disk_km2_per_s": round(disk, 3),
+        "s3_km2_per_s": round(s3, 3),
+        "s3_vs_disk": round(s3 / disk, 3),
+        "km2": round(km2, 2),
+        "disk_seconds": [round(v, 2) for v in seconds["disk"]],
+        "s3_seconds": [round(v, 2) for v in seconds["s3"]],
+        "same_map": len(digests["disk"] | digests["s3"]) == 1,
+        "workers": cl.n_workers,
+    }
+
+
+__all__ = ["PeakRSS", "local_s3_server", "run_bench", "run_storage_bench"]

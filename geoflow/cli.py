@@ -340,10 +340,21 @@ def bench_cmd(
     workers: int | None = typer.Option(None, "--workers", help="LocalCluster workers."),
     model: str | None = typer.Option(None, "--model", help="Checkpoint (default: demo weights)."),
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON only."),
+    storage: bool = typer.Option(False, "--storage", help="Instead: the demo region written to "
+                                 "local disk and to a local S3 server (moto), km^2/s each."),
 ) -> None:
     """Measure end-to-end and model-only throughput, memory and a plain baseline."""
-    from geoflow.bench import run_bench
+    from geoflow.bench import run_bench, run_storage_bench
 
+    if storage:
+        figures = run_storage_bench(n_workers=workers, model=model,
+                                    log=None if as_json else typer.echo)
+        if as_json:
+            _print_json(figures)
+        else:
+            for key, value in figures.items():
+                typer.echo(f"{key:>26}: {value}")
+        return
     result = run_bench(n_workers=workers, model=model, log=None if as_json else typer.echo)
     if as_json:
         _print_json(result)

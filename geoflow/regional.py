@@ -64,6 +64,9 @@ class _TaskSpec:
     gdal: dict[str, str] = field(default_factory=dict)
     #: Token of the run: workers keep assets open across the run's chunks, not across runs.
     session: str = ""
+    #: fsspec options of the store (may hold credentials: kept out of the repr, which Dask
+    #: logs for a failed task).
+    storage_options: dict[str, Any] | None = field(default=None, repr=False)
 
 
 def _overlaps(item: dict, bbox: Sequence[float]) -> bool:
@@ -74,10 +77,10 @@ def _overlaps(item: dict, bbox: Sequence[float]) -> bool:
     return w < bbox[2] and e > bbox[0] and s < bbox[3] and n > bbox[1]
 
 
-def _open_store(path: str) -> Any:
+def _open_store(path: str, storage_options: Mapping[str, Any] | None = None) -> Any:
     from geoflow.store import MapStore
 
-    return MapStore.open(path)
+    return MapStore.open(path, storage_options)
 
 
 def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec) -> dict[str, Any]:
@@ -95,7 +98,7 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec) -> dic
 
     t0 = time.perf_counter()
     read_session(spec.session or None)
-    store = _open_store(spec.store_path)
+    store = _open_store(spec.store_path, spec.storage_options)
     if not any(_overlaps(it, chunk.read_grid.bbox_lonlat) for it in scenes["s2"]):
         # A chunk beyond the scenes' footprints (the region's edge past the archive): a valid,
         # empty map, not a failure.
@@ -237,6 +240,7 @@ def classify_region(
     n_workers: int | None = None,
     max_area_km2: float | None = None,
     retry: RetryPolicy | Mapping[str, Any] | None = None,
+    storage_options: Mapping[str, Any] | None = None,
 ) -> xr.Dataset:
     """Map scene classes over a region and period, chunk by chunk on a Dask cluster.
 
@@ -247,10 +251,11 @@ def classify_region(
     dates
         ``"YYYY-MM-DD/YYYY-MM-DD"`` (end inclusive) or a pair.
     out
-        Zarr store directory (local or on a file system all workers mount). The map is
-        written there as chunks finish and the result is opened from it lazily. Rerunning
-        the same request on the same store resumes: done chunks are skipped. None: a
-        temporary store, loaded into memory, then deleted.
+        Zarr store: a directory (local, or on a file system all workers mount), or an fsspec
+        URL all workers reach (``s3://bucket/map.zarr``, ``gs://...``; see
+        ``storage_options``). The map is written there as chunks finish and the result is
+        opened from it lazily. Rerunning the same request on the same store resumes: done
+        chunks are skipped. None: a temporary store, loaded into memory, then deleted.
     catalog
         STAC API URL or :class:`geoflow.catalog.CatalogSettings`. Default: ``GEOFLOW_STAC_URL``,
         else the bundled sample archive, served locally (created and started if needed).
@@ -290,6 +295,15 @@ def classify_region(
         (:class:`geoflow.retry.RetryPolicy` or a mapping of its fields). With a deadline the
         call ends by then with :class:`~geoflow.errors.DeadlineError`, keeping the chunks
         finished so far for a rerun.
+    storage_options
+        fsspec options for an ``out`` URL, used on the client and on every worker (e.g.
+        ``{"endpoint_url": ..., "key": ..., "secret": ...}`` for s3fs); never written to
+        the store. Without them s3fs follows the standard AWS environment
+        (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
+        ``AWS_REGION``): a LocalCluster's workers inherit it; the endpoint and region also go
+        to every worker, translated for GDAL's ``s3://`` reads of inputs; workers elsewhere
+        use their own credentials.
+
 
     Returns
     -------
@@ -388,7 +402,8 @@ def classify_region(
                      n_classes=len(loaded.classes), retry=policy, clock=clock,
                      io_threads=policy.threads_for(assets_are_local([*scenes.s2, *scenes.s1])),
                      gdal=gdal_settings(policy),
-                     session=f"{store_path}@{os.getpid()}.{time.time_ns()}")
+                     session=f"{store_path}@{os.getpid()}.{time.time_ns()}",
+                     storage_options=dict(storage_options) if storage_options else None)
     try:
         return _run(plan, scenes, times, attrs, spec, loaded, client, opts.n_workers, progress,
                     grid, t_start, in_memory=temp_dir is not None, overwrite=overwrite)
@@ -416,7 +431,8 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], spec:
                  time.perf_counter() - t_start)
         store = MapStore.open_or_create(store_path, map_grid=plan.map_grid, times=times,
                                         chunk_shape=plan.chunk_shape, attrs=attrs,
-                                        overwrite=overwrite)
+                                        overwrite=overwrite,
+                                        storage_options=spec.storage_options)
         # Done chunks are verified against what the ledger recorded of their writes; a
         # missing or damaged one is computed again.
         done = store.verified_done()
@@ -455,7 +471,8 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], spec:
                  "same --out: only failed chunks are computed again",
         )
     # Raw uint8 as written (255 = no data): classes stay integer codes, not floats with NaN.
-    ds = xr.open_zarr(store_path, decode_coords="all", consolidated=False, mask_and_scale=False)
+    # Through the store, so that URLs with storage options open too.
+    ds = store.dataset(mask_and_scale=False)
     if in_memory:
         ds = ds.load()
     return ds

@@ -19,28 +19,44 @@ Layout of a store at ``PATH`` (a directory)::
         failed/<chunk id>.json      one file per chunk that failed, with the reason
 
 Writing: :meth:`MapStore.open_or_create` writes the template (metadata and coordinates only,
-``compute=False``), then each worker calls :meth:`MapStore.write_chunk` with its chunk's map:
-a region write of whole Zarr chunks, an fsync of the chunk files, then the ledger entry by
-atomic rename (on object stores, one PUT). A chunk is therefore marked done only after its
-bytes are stored. A rerun checks every done chunk against its entry
-(:meth:`MapStore.verified_done`) and computes again the chunks that are missing, damaged or
-recorded by a garbled entry; :meth:`MapStore.verify` (``geoflow verify``) reports the same
-without changing anything. Chunk data depend only on the inputs, so a resumed run yields the
-same bytes as an uninterrupted one (:meth:`MapStore.digest`).
+``compute=False``) and consolidates its metadata, then each worker calls
+:meth:`MapStore.write_chunk` with its chunk's map: a region write of whole Zarr chunks, then
+the ledger entry. A chunk is therefore marked done only after its bytes are stored. A rerun
+checks every done chunk against its entry (:meth:`MapStore.verified_done`) and computes again
+the chunks that are missing, damaged or recorded by a garbled entry; :meth:`MapStore.verify`
+(``geoflow verify``) reports the same without changing anything. Chunk data depend only on the
+inputs, so a resumed run yields the same bytes as an uninterrupted one (:meth:`MapStore.digest`).
+
+The ledger needs no rename, so it works the same on disk and on object storage:
+
+- On a local disk each entry is written to a temporary name, fsynced and renamed into place
+  (after the chunk's files are fsynced), so a reader sees the whole entry or none.
+- ``PATH`` may also be an fsspec URL (``s3://``, ``gs://``, ``memory://``, ...; with
+  ``storage_options``, or the standard AWS environment for ``s3://``). An object PUT is
+  already all-or-nothing, and object stores have no rename: each entry is one PUT. A *done*
+  entry is written once, with a conditional PUT (``If-None-Match: *``: S3 and compatible
+  servers refuse it when the object exists). If a done entry is already there, it is
+  accepted when it matches the chunk's objects as stored now (the same chunk written twice:
+  a retried PUT whose answer was lost, or a task Dask ran twice; chunk bytes depend only on
+  the inputs) and replaced when it does not (a stale entry of a damaged chunk). The
+  legitimate rewrite is explicit: :meth:`MapStore.verified_done` deletes the entry of a
+  damaged chunk before the run computes it again, so its new entry is again a first write.
+  Stores that do not implement conditional writes get a plain PUT. Failure records (which a
+  later failure may rewrite) and the template are plain PUTs.
 
 Model versions: a store belongs to one grid, one request (bbox, dates, dates found) and one
 model version. Opening it for anything else raises :class:`~geoflow.errors.StoreMismatchError`
 and leaves it untouched; the map of a new model version goes to a new path (the hint names
 one: ``PATH-<version>.zarr``), so the old map stays readable next to it.
 
-``PATH`` may also be an fsspec URL (``s3://``, ``gs://``, ``memory://``, ...; with
-``storage_options``): ledger entries are then single object PUTs, all-or-nothing.
-
-Reading: ``xr.open_zarr(PATH, decode_coords="all", consolidated=False)`` (or
-:meth:`MapStore.dataset`) gives the CRS and transform through rioxarray. Decoding turns
-``class`` into float with NaN for 255; pass ``mask_and_scale=False`` for the raw uint8.
-GDAL reads the store from 3.11 on (3.10 does not know the Zarr v3 ``bytes`` codec);
-:func:`geoflow.export.export_cog` writes a COG for any GIS.
+Reading: :func:`open_map` (``geoflow.open_map``) gives the map lazily as stored: classes uint8
+with 255 for no data, CRS and transform decoded (rioxarray's ``.rio``), for paths and URLs.
+The metadata is consolidated (written with the template, again after
+:meth:`MapStore.finalize`), so plain ``xr.open_zarr(PATH)`` opens it without a warning; add
+``decode_coords="all"`` for the CRS and ``mask_and_scale=False`` for the raw uint8 (decoding
+otherwise turns ``class`` into float with NaN for 255). GDAL reads the store from 3.11 on
+(3.10 does not know the Zarr v3 ``bytes`` codec); :func:`geoflow.export.export_cog` writes a
+COG for any GIS.
 
 Examples
 --------
@@ -65,7 +81,9 @@ array([[  3, 255],
 
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
+import errno
 import hashlib
 import json
 import logging
@@ -187,7 +205,9 @@ class _Files:
     """File access inside a store: a local directory, or any fsspec URL (s3://, gs://, ...).
 
     Local ledger entries are written to a temporary name, fsynced and renamed into place;
-    on object stores a single PUT is already all-or-nothing.
+    on object stores a single PUT is already all-or-nothing, and :meth:`create_json` is a
+    conditional PUT. Listings and existence checks on object stores always ask the store
+    (fsspec caches listings per process, and other processes write the ledger).
     """
 
     def __init__(self, location: str | os.PathLike[str],
@@ -207,8 +227,11 @@ class _Files:
                                  hint="install the fsspec package for this URL scheme (s3fs, "
                                       "gcsfs, adlfs) or write to a local path") from None
             self.url = text
+            #: False once the store refused a conditional PUT as not implemented.
+            self.conditional = True
         else:
             self.fs = None
+            self.conditional = False
             self.root = str(Path(text).expanduser().absolute())
             self.url = self.root
 
@@ -219,8 +242,15 @@ class _Files:
     def _p(self, rel: str) -> str:
         return f"{self.root.rstrip('/')}/{rel}" if rel else self.root
 
+    def _fresh(self, rel: str) -> str:
+        """The full path of ``rel``, its cached listings dropped (remote only)."""
+        path = self._p(rel)
+        if self.remote:
+            self.fs.invalidate_cache(path)
+        return path
+
     def is_file(self, rel: str) -> bool:
-        return self.fs.isfile(self._p(rel)) if self.remote else Path(self._p(rel)).is_file()
+        return self.fs.isfile(self._fresh(rel)) if self.remote else Path(self._p(rel)).is_file()
 
     def read_json(self, rel: str) -> Any:
         if self.remote:
@@ -236,11 +266,55 @@ class _Files:
         except FileNotFoundError:
             return None
 
+    def read_many(self, rels: Sequence[str]) -> dict[str, bytes | None]:
+        """The bytes of each of ``rels`` (None where missing); concurrent requests on object
+        stores (a chunk has one object per variable and date)."""
+        if not self.remote:
+            return {rel: self.read_bytes_or_none(rel) for rel in rels}
+        paths = {self._p(rel): rel for rel in rels}
+        got = self.fs.cat(list(paths), on_error="return")
+        out: dict[str, bytes | None] = dict.fromkeys(rels)
+        for key, value in got.items():
+            # fsspec returns the paths it was given, or its own spelling (no protocol).
+            rel = paths.get(key) or paths[self.fs._strip_protocol(key)]
+            if isinstance(value, FileNotFoundError):
+                continue
+            if isinstance(value, BaseException):
+                raise value
+            out[rel] = value
+        return out
+
     def write_json(self, rel: str, obj: Any) -> None:
         if self.remote:
             self.fs.pipe_file(self._p(rel), json.dumps(obj, sort_keys=True, indent=1).encode())
         else:
             _atomic_write_json(Path(self._p(rel)), obj)
+
+    def create_json(self, rel: str, obj: Any) -> bool:
+        """Write JSON once: False (nothing written) if ``rel`` already exists.
+
+        Object stores: one conditional PUT (``If-None-Match: *``), so two writers never
+        replace each other's entry; where the store does not implement it, a plain PUT.
+        Local disk: the atomic write of :meth:`write_json` (a rename replaces).
+        """
+        if not self.remote or not self.conditional:
+            self.write_json(rel, obj)
+            return True
+        data = json.dumps(obj, sort_keys=True, indent=1).encode()
+        try:
+            self.fs.pipe_file(self._p(rel), data, mode="create")
+        except FileExistsError:
+            return False
+        except (NotImplementedError, TypeError, OSError) as err:
+            # 501 NotImplemented (s3fs: ENOSYS), or a file system without mode="create".
+            if isinstance(err, OSError) and not (
+                    err.errno == errno.ENOSYS or "NotImplemented" in str(err)):
+                raise
+            log.info("%s: no conditional writes (%s); done entries are plain PUTs",
+                     self.display, type(err).__name__)
+            self.conditional = False
+            self.write_json(rel, obj)
+        return True
 
     def listdir(self, rel: str) -> list[str]:
         if not self.remote:
@@ -248,26 +322,29 @@ class _Files:
             return sorted(f.name for f in d.iterdir()) if d.is_dir() else []
         try:
             return sorted(str(e).rstrip("/").rsplit("/", 1)[-1]
-                          for e in self.fs.ls(self._p(rel), detail=False))
+                          for e in self.fs.ls(self._fresh(rel), detail=False))
         except FileNotFoundError:
             return []
 
     def delete(self, rel: str) -> None:
         if self.remote:
-            if self.fs.exists(self._p(rel)):
-                self.fs.rm(self._p(rel))
+            with contextlib.suppress(FileNotFoundError):  # S3 answers 204 either way
+                self.fs.rm_file(self._fresh(rel))
+            self.fs.invalidate_cache(self._p(rel))
         else:
             Path(self._p(rel)).unlink(missing_ok=True)
 
     def is_empty(self) -> bool:
         if self.remote:
+            self._fresh("")
             return not self.fs.exists(self.root) or not self.fs.ls(self.root, detail=False)
         root = Path(self.root)
         return not root.exists() or (root.is_dir() and not any(root.iterdir()))
 
     def rmtree(self) -> None:
         if self.remote:
-            self.fs.rm(self.root, recursive=True)
+            self.fs.rm(self._fresh(""), recursive=True)
+            self.fs.invalidate_cache(self.root)
         else:
             shutil.rmtree(self.root)
 
@@ -275,7 +352,8 @@ class _Files:
         """Relative paths of every file, sorted."""
         if self.remote:
             base = self.root.rstrip("/") + "/"
-            return sorted(f[len(base):] for f in self.fs.find(self.root) if f.startswith(base))
+            return sorted(f[len(base):] for f in self.fs.find(self._fresh(""))
+                          if f.startswith(base))
         root = Path(self.root)
         return sorted(str(f.relative_to(root)) for f in root.rglob("*") if f.is_file())
 
@@ -587,12 +665,44 @@ class MapStore:
         self._files.write_json(f"{LEDGER}/zarr.json",
                                {"zarr_format": 3, "node_type": "group",
                                 "attributes": {"description": "geoflow resume ledger"}})
+        self._consolidate()
         # Written last: its presence means the template is complete.
         self._files.write_json(f"{LEDGER}/store.json", self._meta)
+
+    def _consolidate(self, attrs: Mapping[str, Any] | None = None) -> None:
+        """Rewrite the root ``zarr.json`` with ``attrs`` merged into its attributes and the
+        consolidated metadata of the map's arrays, in one write.
+
+        Consolidated metadata (zarr-python's ``consolidated_metadata`` key: each array's own
+        ``zarr.json``, inline) lets readers open the map with one request, and xarray's
+        default open needs no fallback (which warns). Built here rather than with
+        ``zarr.consolidate_metadata``, which would walk into the ledger (thousands of entries
+        on a large map) and warn about its files; the ledger is not part of the map.
+        """
+        root = self._files.read_json("zarr.json")
+        if attrs:
+            root.setdefault("attributes", {}).update(attrs)
+        names = [n for n in self._files.listdir("")
+                 if n not in (LEDGER, "zarr.json") and not n.startswith(".")
+                 and (self._files.remote or Path(self._files.root, n).is_dir())]
+        docs = self._files.read_many([f"{n}/zarr.json" for n in names])
+        children = {n: json.loads(doc) for n, doc in zip(names, docs.values(), strict=True)
+                    if doc is not None}  # None: not a Zarr node
+        root["consolidated_metadata"] = {"kind": "inline", "must_understand": False,
+                                         "metadata": children}
+        self._files.write_json("zarr.json", root)
 
     # ------------------------------------------------------------------ reading
     def dataset(self, *, mask_and_scale: bool = True, chunks: Any = "auto") -> xr.Dataset:
         """The map, lazily, with CRS and transform (rioxarray) decoded.
+
+        Parameters
+        ----------
+        mask_and_scale
+            True: CF decoding (``class`` becomes float with NaN for 255). False: the
+            variables as stored (uint8, 255 = no data), as :func:`open_map` returns them.
+        chunks
+            Dask chunks, as for ``xr.open_zarr``.
 
         Examples
         --------
@@ -600,8 +710,8 @@ class MapStore:
         """
         import rioxarray  # noqa: F401
 
-        return xr.open_zarr(self.url, decode_coords="all", consolidated=False,
-                            mask_and_scale=mask_and_scale, chunks=chunks,
+        return xr.open_zarr(self.url, decode_coords="all", mask_and_scale=mask_and_scale,
+                            chunks=chunks, consolidated=_has_consolidated(self._files),
                             **self._files.zarr_kwargs())
 
     @property
@@ -691,13 +801,32 @@ class MapStore:
                  "out_slices": [[ys.start, ys.stop], [xs.start, xs.stop]],
                  "variables": sorted(out), "objects": self._describe(keys)}
         try:
-            self._files.write_json(f"{LEDGER}/done/{chunk.id}.json", entry)
+            self._mark_done(chunk.id, entry)
         except OSError as err:
             raise StoreError(f"chunk {chunk.id}: marking it done in {self._files.display} "
                              f"failed ({err})",
                              hint="check free space and permissions, then rerun to resume") \
                 from None
         self._files.delete(f"{LEDGER}/failed/{chunk.id}.json")
+
+    def _mark_done(self, chunk_id: str, entry: dict[str, Any]) -> None:
+        """Write a chunk's done entry once (see the module docs, "without rename")."""
+        rel = f"{LEDGER}/done/{chunk_id}.json"
+        if self._files.create_json(rel, entry):
+            return
+        # An entry exists: this chunk was written twice (a retried PUT whose answer was
+        # lost, or a task run twice), and the entry describes what is stored now; or it is
+        # the stale entry of a chunk that was damaged after a run verified it.
+        reason = self.check_chunk(chunk_id)
+        if reason is None:
+            return
+        log.warning("chunk %s of %s: replacing its stale done entry (%s)", chunk_id,
+                    self._files.display, reason)
+        self._files.delete(rel)
+        if not self._files.create_json(rel, entry):
+            raise StoreError(f"chunk {chunk_id}: another writer marked it done in "
+                             f"{self._files.display} at the same time",
+                             hint="run one job per store at a time, then rerun to resume")
 
     def empty_chunk(self, chunk: Chunk) -> xr.Dataset:
         """A chunk's map where no scene has data (:data:`EMPTY_VALUES` in every variable).
@@ -755,12 +884,9 @@ class MapStore:
 
     def _describe(self, keys: Sequence[str]) -> dict[str, dict[str, Any] | None]:
         """Size and sha256 of each object; None for one that is not stored (all fill)."""
-        out: dict[str, dict[str, Any] | None] = {}
-        for key in keys:
-            data = self._files.read_bytes_or_none(key)
-            out[key] = None if data is None else {
-                "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-        return out
+        return {key: None if data is None else {
+                    "size": len(data), "sha256": hashlib.sha256(data).hexdigest()}
+                for key, data in self._files.read_many(keys).items()}
 
     # ------------------------------------------------------------------ verification
     def chunk_ids(self) -> list[str]:
@@ -929,12 +1055,10 @@ class MapStore:
         Existing keys given in ``attrs`` are replaced; ``created`` is kept. Put values that
         differ between runs (timings) under ``"run"`` so :meth:`digest` ignores them.
         """
-        import zarr
-
-        group = zarr.open_group(self.url, mode="r+", zarr_format=3,
-                                **self._files.zarr_kwargs())
         new = {k: v for k, v in _jsonable(dict(attrs or {})).items() if k != "created"}
-        group.attrs.update(new)
+        # With the metadata consolidated again, in the same write: the consolidated view
+        # then matches the store (and a store from an older geoflow, without one, gets it).
+        self._consolidate(new)
 
     def digest(self) -> str:
         """sha256 of the map's bytes: every chunk and metadata file, without the ledger and
@@ -943,17 +1067,20 @@ class MapStore:
         Two runs of the same job, interrupted or not, have the same digest.
         """
         h = hashlib.sha256()
-        for rel in self._files.files():
-            if rel.split("/", 1)[0] == LEDGER:
-                continue
-            h.update(rel.encode() + b"\0")
-            if rel == "zarr.json":
-                root = self._files.read_json(rel)
-                for k in VOLATILE_ATTRS:
-                    root.get("attributes", {}).pop(k, None)
-                h.update(json.dumps(root, sort_keys=True).encode())
-            else:
-                h.update(self._files.read_bytes(rel))
+        rels = [r for r in self._files.files() if r.split("/", 1)[0] != LEDGER]
+        for start in range(0, len(rels), 256):  # concurrent reads on object stores, bounded
+            batch = self._files.read_many(rels[start:start + 256])
+            for rel, data in batch.items():
+                if data is None:
+                    raise StoreError(f"{rel} vanished from {self._files.display} while it "
+                                     "was being read", hint="digest a store nobody writes")
+                h.update(rel.encode() + b"\0")
+                if rel == "zarr.json":
+                    root = json.loads(data)
+                    for k in VOLATILE_ATTRS:
+                        root.get("attributes", {}).pop(k, None)
+                    data = json.dumps(root, sort_keys=True).encode()
+                h.update(data)
         return h.hexdigest()
 
 
@@ -983,6 +1110,82 @@ def verify_store(path: str | os.PathLike[str],
         return {"store": _Files(path, storage_options).display, "ok": False, "complete": False,
                 "chunks_total": None, "verified": 0, "missing": [], "damaged": {},
                 "failed": {}, "unknown_entries": [], "metadata": [err.message]}
+
+
+def _has_consolidated(files: _Files) -> bool:
+    """Whether the root ``zarr.json`` holds consolidated metadata (stores before it do not)."""
+    try:
+        root = files.read_json("zarr.json")
+    except (OSError, ValueError, UnicodeDecodeError):
+        return False
+    return isinstance(root, dict) and isinstance(root.get("consolidated_metadata"), dict)
+
+
+def open_map(path_or_url: str | os.PathLike[str],
+             storage_options: Mapping[str, Any] | None = None, *,
+             chunks: Any = "auto") -> xr.Dataset:
+    """Open a geoflow map store for reading, lazily, as stored.
+
+    ``class`` and ``summary_class`` are uint8 class indices with 255 for no data (not float
+    with NaN); ``confidence``, ``sar_weight``, ``cloud_fraction`` and ``summary_confidence``
+    are uint8 0-255 (= 0-1). The CRS and transform are decoded (``ds.rio.crs``,
+    ``ds.rio.transform()``); the root attributes name the classes, colours, model, request
+    and STAC items. Works for local paths and fsspec URLs alike; the resume ledger is not
+    needed (a copy of the Zarr arrays alone opens too).
+
+    Parameters
+    ----------
+    path_or_url
+        The store: a directory, ``file://``, ``s3://bucket/map.zarr`` or any fsspec URL.
+        ``s3://`` honours the standard AWS environment (``AWS_ENDPOINT_URL``, keys, region)
+        unless ``storage_options`` say otherwise.
+    storage_options
+        fsspec options for URLs, e.g. ``{"endpoint_url": ..., "key": ..., "secret": ...}``
+        for s3fs.
+    chunks
+        Dask chunks (default: the store's chunks, merged up to Dask's chunk size).
+
+    Returns
+    -------
+    xarray.Dataset
+
+    Raises
+    ------
+    StoreError
+        Nothing there, or not a geoflow map.
+
+    Examples
+    --------
+    >>> import geoflow
+    >>> m = geoflow.open_map("maps/kiel.zarr")  # doctest: +SKIP
+    >>> m["summary_class"].dtype, int(m["summary_class"].attrs["_FillValue"])  # doctest: +SKIP
+    (dtype('uint8'), 255)
+    >>> m.rio.crs  # doctest: +SKIP
+    CRS.from_epsg(32632)
+    >>> opts = {"endpoint_url": "http://127.0.0.1:9000"}
+    >>> geoflow.open_map("s3://bucket/kiel.zarr", storage_options=opts)  # doctest: +SKIP
+    """
+    import rioxarray  # noqa: F401  (registers .rio)
+
+    files = _Files(path_or_url, storage_options)
+    try:
+        root = files.read_json("zarr.json")
+    except FileNotFoundError:
+        raise StoreError(f"no map store at {files.display}",
+                         hint="pass the path or URL given as out= to classify_region / "
+                              "`geoflow classify --out`") from None
+    except (OSError, ValueError, UnicodeDecodeError) as err:
+        raise StoreError(f"cannot read the map store at {files.display} "
+                         f"({type(err).__name__})",
+                         hint="check the path, and the credentials / endpoint for URLs "
+                              "(storage_options or the AWS_* environment)") from None
+    attrs = root.get("attributes", {}) if isinstance(root, dict) else {}
+    if not isinstance(attrs, dict) or attrs.get("geoflow_format") != FORMAT:
+        raise StoreError(f"{files.display} is not a geoflow map store",
+                         hint="open other Zarr stores with xarray.open_zarr")
+    return xr.open_zarr(files.url, decode_coords="all", mask_and_scale=False, chunks=chunks,
+                        consolidated=isinstance(root.get("consolidated_metadata"), dict),
+                        **files.zarr_kwargs())
 
 
 def _metadata_problem(files: _Files, rel: str) -> str | None:
@@ -1038,4 +1241,4 @@ def _geoflow_version() -> str:
 
 
 __all__ = ["DEFAULT_VARIABLES", "EMPTY_VALUES", "SUMMARY_VARIABLES", "TIME_VARIABLES",
-           "MapStore", "verify_store"]
+           "MapStore", "open_map", "verify_store"]

@@ -4,6 +4,7 @@
 through the real server (stac-fastapi-pgstac on a private PostgreSQL) on 127.0.0.1 and stops
 everything at the end of the session. Use these instead of starting servers of your own.
 Tests that use ``stac_url`` (or ``stac_server``) are marked ``server`` automatically.
+``s3_endpoint`` is a real S3 server (moto's standalone server) on 127.0.0.1 for the session.
 """
 
 from __future__ import annotations
@@ -46,3 +47,15 @@ def stac_server(small_archive: Path) -> Iterator[Any]:
 def stac_url(stac_server: Any) -> str:
     """STAC API root of the served ``small_archive``, ``"http://127.0.0.1:PORT"``."""
     return str(stac_server.url)
+
+
+@pytest.fixture(scope="session")
+def s3_endpoint() -> Iterator[str]:
+    """``"http://127.0.0.1:PORT"`` of moto's S3 server, a real process started for the
+    session (``moto_server -H 127.0.0.1 -p PORT`` on a free port) and stopped at its end.
+    Set ``AWS_ENDPOINT_URL`` to it (and dummy keys) to use it; each test makes its own bucket.
+    """
+    from geoflow.bench import local_s3_server
+
+    with local_s3_server() as endpoint:
+        yield endpoint

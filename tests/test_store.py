@@ -386,3 +386,53 @@ def test_a_full_disk_is_a_clear_error_and_leaves_no_temporary_files(tiny_disk):
         _write(store, plan, _full_maps(plan))
     assert "Fix:" in str(err.value)
     assert not [p for p in tiny_disk.rglob("*") if ".tmp-" in p.name]
+
+
+# --------------------------------------------------------------------------- other tools
+def test_plain_xarray_opens_the_store_without_warnings_before_and_after_finalize(tmp_path):
+    import warnings
+
+    plan = _plan()
+    maps = _full_maps(plan)
+    store = _create(tmp_path / "map.zarr", plan)
+    for step in ("template", "finalized"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # e.g. xarray's "failed to open consolidated"
+            ds = xr.open_zarr(store.path)
+            root = json.loads((Path(store.path) / "zarr.json").read_text())
+        assert set(root["consolidated_metadata"]["metadata"]) == {
+            *maps.data_vars, "time", "y", "x", "spatial_ref"}  # the map, not the ledger
+        if step == "template":
+            _write(store, plan, maps)
+            store.finalize({"run": {"seconds": 1.5}})
+    # Attributes set by finalize are in the consolidated view that xarray read.
+    assert ds.attrs["run"] == {"seconds": 1.5}
+    np.testing.assert_array_equal(ds["confidence"].values, maps["confidence"].values)
+    # Readers that ignore consolidated metadata see the same store.
+    again = xr.open_zarr(store.path, consolidated=False, mask_and_scale=False)
+    np.testing.assert_array_equal(again["class"].values, maps["class"].values)
+
+
+def test_open_map_gives_uint8_classes_with_255_and_the_crs(tmp_path):
+    import geoflow
+
+    plan = _plan()
+    maps = _full_maps(plan)
+    store = _create(tmp_path / "map.zarr", plan)
+    _write(store, plan, maps, plan.chunks[:-1])  # the last chunk stays unwritten: no data
+    m = geoflow.open_map(f"file://{store.path}")
+    for name in ("class", "summary_class"):
+        assert m[name].dtype == np.uint8 and m[name].attrs["_FillValue"] == 255
+    ys, xs = plan.chunks[-1].out_slices
+    values = m["class"].values
+    assert (values[:, ys, xs] == 255).all() and values[0, 0, 0] == 255
+    np.testing.assert_array_equal(values[:, :ys.start], maps["class"].values[:, :ys.start])
+    assert m.rio.crs.to_epsg() == 32632 and m.rio.transform() == plan.map_grid.transform
+    assert m.attrs["classes"] == CLASSES
+    assert m["class"].chunks is not None  # lazy
+    with pytest.raises(StoreError, match="no map store"):
+        geoflow.open_map(tmp_path / "nothing.zarr")
+    xr.Dataset({"a": ("x", np.arange(3))}).to_zarr(tmp_path / "other.zarr", zarr_format=3,
+                                                   consolidated=False)
+    with pytest.raises(StoreError, match="not a geoflow map store"):
+        geoflow.open_map(tmp_path / "other.zarr")
