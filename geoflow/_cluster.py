@@ -1,8 +1,9 @@
-"""Dask clients for regional runs: reuse, start or connect, and prepare the workers.
+"""Dask clusters for regional runs: prepare the workers, and start a tuned LocalCluster.
 
 A run needs three things from its cluster: a client, GDAL settings that make remote COG reads
-robust and cheap on every worker, and torch not oversubscribing the worker's cores. This module
-provides them; :func:`geoflow.regional.classify_region` uses :func:`cluster_client`.
+robust and cheap on every worker, and torch not oversubscribing the worker's cores. Which
+client a call uses (and how long a LocalCluster lives) is decided at the edge, by
+:mod:`geoflow.session`; :func:`prepare_cluster` readies any client's workers.
 """
 
 from __future__ import annotations
@@ -10,8 +11,7 @@ from __future__ import annotations
 import contextlib
 import importlib
 import os
-import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -19,7 +19,7 @@ import dask
 from distributed import Client, LocalCluster
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from geoflow.errors import GeoflowError, RequestError
+from geoflow.errors import GeoflowError
 from geoflow.retry import Clock, RetryPolicy
 
 # GDAL configuration for reading COGs over HTTP. Merging consecutive ranges and a multi-range
@@ -51,7 +51,7 @@ MMAP_THRESHOLD = 32 * 2**20
 #: worker's first task would otherwise spend about a second importing them (xarray, zarr,
 #: stackstac) on the run's critical path, while the other workers already compute.
 WORKER_MODULES = ("geoflow.regional", "geoflow.cube", "geoflow.infer", "geoflow.store", "zarr")
-#: Dask settings of the LocalCluster that :func:`cluster_client` starts, whose scheduler,
+#: Dask settings of the LocalCluster that :func:`new_local_cluster` starts, whose scheduler,
 #: nannies and workers share the machine's cores with the chunk tasks. A cluster you start
 #: yourself keeps its own settings.
 #:
@@ -231,7 +231,6 @@ class ClusterInfo:
     n_workers: int
     gpu: bool
     dashboard: str | None
-    owned: bool
 
 
 def _worker_resources(client: Client) -> list[dict[str, float]]:
@@ -252,15 +251,6 @@ def has_gpu_workers(client: Client) -> bool:
     return any(r.get("GPU", 0) > 0 for r in _worker_resources(client))
 
 
-def _current_client() -> Client | None:
-    try:
-        from distributed import get_client
-
-        return get_client()
-    except ValueError:
-        return None
-
-
 def _dashboard(client: Client) -> str | None:
     try:
         return str(client.dashboard_link)
@@ -268,130 +258,92 @@ def _dashboard(client: Client) -> str | None:
         return None
 
 
-@contextlib.contextmanager
-def cluster_client(
-    client: Client | str | None = None,
-    *,
-    n_workers: int | None = None,
-    torch_threads: int | None = None,
-    dashboard: bool = True,
-    retry: RetryPolicy | None = None,
-    clock: Clock | None = None,
-) -> Iterator[ClusterInfo]:
-    """Yield a prepared Dask client; close it afterwards only if it was started here.
+def new_local_cluster(n_workers: int | None, gdal: dict[str, str],
+                      dashboard: bool = True) -> tuple[LocalCluster, Client]:
+    """A LocalCluster of processes with one thread each, tuned for chunk tasks
+    (:data:`LOCAL_CLUSTER_CONFIG`, :data:`WORKER_ENV`), on 127.0.0.1 only, and its client.
+
+    The caller owns both (:mod:`geoflow.session` keeps one per Python session).
+
+    Examples
+    --------
+    >>> cluster, client = new_local_cluster(2, gdal_settings())  # doctest: +SKIP
+    """
+    n = n_workers or min(os.cpu_count() or 1, 8)
+    with dask.config.set(LOCAL_CLUSTER_CONFIG):  # nannies pass it to their workers
+        cluster = LocalCluster(
+            n_workers=n, threads_per_worker=1, processes=True,
+            # Loopback only: scheduler, workers and dashboard are this machine's.
+            host="127.0.0.1", dashboard_address="127.0.0.1:0" if dashboard else None,
+            # Environment for the worker processes from the start: GDAL options.
+            env={**WORKER_ENV, **gdal})
+    return cluster, Client(cluster, set_as_default=False)
+
+
+def close_local_cluster(cluster: LocalCluster, client: Client) -> None:
+    """Close a cluster from :func:`new_local_cluster`: the client, the workers, then the
+    scheduler (a worker whose scheduler went first logs heartbeat tracebacks)."""
+    with contextlib.suppress(Exception):
+        client.close()
+    with contextlib.suppress(Exception):
+        cluster.scale(0)
+    with contextlib.suppress(Exception):
+        cluster.close(timeout=10)
+
+
+def prepare_cluster(client: Client, *, retry: RetryPolicy | None = None,
+                    clock: Clock | None = None,
+                    torch_threads: int | None = None) -> ClusterInfo:
+    """Prepare the workers of ``client`` for chunk tasks and describe the cluster.
+
+    Registers :class:`WorkerSetup` (GDAL options of ``retry``, torch threads, malloc, imports)
+    on every worker, present and future, and waits for a first worker if there is none yet.
 
     Parameters
     ----------
     client
-        A :class:`distributed.Client`, a scheduler address (``"tcp://host:8786"``), or None:
-        then the current client (``distributed.get_client()``) if there is one, else a new
-        ``LocalCluster`` of processes with one thread each.
-    n_workers
-        Workers of a new LocalCluster (default: the machine's cores, at most 8).
+        The run's client (from :func:`geoflow.session.get_client`, or the caller's).
+    retry
+        Its GDAL options go to the workers; ``worker_wait_s`` bounds the wait for a worker.
+    clock
+        The command's deadline, which caps the wait.
     torch_threads
         Threads torch may use per worker (default: the worker's thread count).
-    dashboard
-        Whether a new LocalCluster serves its dashboard (on a free port).
-    retry
-        Its ``timeout_s`` bounds connecting to a scheduler address, ``worker_wait_s`` the wait
-        for a first worker; its GDAL options go to the workers.
-    clock
-        The command's deadline, which caps both waits.
 
     Raises
     ------
     GeoflowError
-        The scheduler cannot be reached, or no worker joined it in time.
-
-    Yields
-    ------
-    ClusterInfo
-        Client, worker count, whether workers advertise GPUs, dashboard link, ownership.
+        No worker joined in time (:class:`~geoflow.errors.DeadlineError` if the deadline
+        passed first).
 
     Examples
     --------
-    >>> with cluster_client(n_workers=2) as info:  # doctest: +SKIP
-    ...     print(info.n_workers, info.gpu)
-    2 False
+    >>> info = prepare_cluster(client)  # doctest: +SKIP
+    >>> info.n_workers, info.gpu  # doctest: +SKIP
+    (2, False)
     """
     policy = retry or RetryPolicy()
     clock = clock or policy.start()
-    if client is not None and not isinstance(client, Client | str):
-        raise RequestError(f"client must be a distributed.Client or a scheduler address, got "
-                           f"{type(client).__name__}",
-                           hint="pass client=Client(...) or 'tcp://HOST:8786', or None for a "
-                                "LocalCluster")
-    owned: list[Any] = []
-    try:
-        if isinstance(client, Client):
-            cl = client
-        elif isinstance(client, str):
-            address = client.strip()
-            if not re.match(r"^([a-z][a-z0-9+]*://)?[\w.\-\[\]:]+:\d{1,5}$", address):
-                raise RequestError(f"scheduler address {client!r} is not HOST:PORT",
-                                   hint="pass e.g. --scheduler tcp://127.0.0.1:8786")
-            try:
-                # At least 5 s: a busy scheduler's handshake is slower than an HTTP answer.
-                cl = Client(address, timeout=clock.cap(max(policy.timeout_s, 5.0)))
-            except (OSError, TimeoutError) as err:
-                clock.check(f"connecting to the Dask scheduler at {address}")
-                raise GeoflowError(
-                    f"cannot connect to the Dask scheduler at {address}: {err}",
-                    hint="check the address (tcp://HOST:8786) and that the scheduler is running",
-                ) from None
-            owned.append(cl)
-        else:
-            current = _current_client()
-            if current is not None:
-                cl = current
-            else:
-                cores = os.cpu_count() or 1
-                n = n_workers or min(cores, 8)
-                with dask.config.set(LOCAL_CLUSTER_CONFIG):  # nannies pass it to workers
-                    cluster = LocalCluster(
-                        n_workers=n,
-                        threads_per_worker=1,
-                        processes=True,
-                        # Loopback only: scheduler, workers and dashboard are this machine's.
-                        host="127.0.0.1",
-                        dashboard_address="127.0.0.1:0" if dashboard else None,
-                        # Environment for the worker processes from the start: GDAL options.
-                        env={**WORKER_ENV, **gdal_settings(policy)},
-                    )
-                owned.append(cluster)
-                cl = Client(cluster)
-                owned.append(cl)
-                if torch_threads is None:
-                    torch_threads = max(1, cores // n)
-        cl.register_plugin(WorkerSetup(gdal_settings(policy), torch_threads),
+    client.register_plugin(WorkerSetup(gdal_settings(policy), torch_threads),
                            name=WorkerSetup.name)
-        n_now = len(cl.scheduler_info().get("workers", {}))
-        if n_now == 0:
-            # A fresh scheduler whose workers are still coming up (k8s, HPC queue): wait, but
-            # not forever.
-            wait_s = clock.cap(policy.worker_wait_s)
-            try:
-                cl.wait_for_workers(1, timeout=wait_s)
-            except TimeoutError:
-                clock.check("waiting for Dask workers")
-                raise GeoflowError(
-                    f"no Dask worker joined the scheduler within {wait_s:.0f} s",
-                    hint="start workers (dask worker ADDRESS), or wait longer with "
-                         "retry.worker_wait_s") from None
-            n_now = len(cl.scheduler_info().get("workers", {}))
-        yield ClusterInfo(
-            client=cl,
-            n_workers=max(1, n_now),
-            gpu=has_gpu_workers(cl),
-            dashboard=_dashboard(cl),
-            owned=bool(owned),
-        )
-    finally:
-        for obj in reversed(owned):
-            with contextlib.suppress(Exception):
-                obj.close()
+    n_now = len(client.scheduler_info().get("workers", {}))
+    if n_now == 0:
+        # A fresh scheduler whose workers are still coming up (k8s, HPC queue): wait, but
+        # not forever.
+        wait_s = clock.cap(policy.worker_wait_s)
+        try:
+            client.wait_for_workers(1, timeout=wait_s)
+        except TimeoutError:
+            clock.check("waiting for Dask workers")
+            raise GeoflowError(
+                f"no Dask worker joined the scheduler within {wait_s:.0f} s",
+                hint="start workers (dask worker ADDRESS, or deploy/local/cluster.sh), or "
+                     "wait longer with retry.worker_wait_s") from None
+        n_now = len(client.scheduler_info().get("workers", {}))
+    return ClusterInfo(client=client, n_workers=max(1, n_now), gpu=has_gpu_workers(client),
+                       dashboard=_dashboard(client))
 
 
-__all__ = ["GDAL_SETTINGS", "ClusterInfo", "WorkerSetup", "aws_gdal_options", "cluster_client",
-           "gdal_settings",
-           "has_gpu_workers", "tune_malloc"]
+__all__ = ["GDAL_SETTINGS", "ClusterInfo", "WorkerSetup", "aws_gdal_options",
+           "close_local_cluster", "gdal_settings",
+           "has_gpu_workers", "new_local_cluster", "prepare_cluster", "tune_malloc"]

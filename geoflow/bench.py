@@ -150,10 +150,12 @@ def _model_only(client: Any, bbox: Sequence[float], dates: str, url: str,
     [payload] = client.scatter([{"s2": scenes.s2, "s1": scenes.s1}], broadcast=True)
     cubes = [client.submit(_read_chunk_cube, c, payload, gdal_settings(), pure=False)
              for c in plan.chunks]
-    wait(cubes)
-    t0 = time.perf_counter()
-    outs = [client.submit(_classify_cube, cube, model_path, patch, pure=False) for cube in cubes]
-    wait(outs)
+    with client.as_current():  # wait() asks for the current client
+        wait(cubes)  # in worker memory before the clock starts
+        t0 = time.perf_counter()
+        outs = [client.submit(_classify_cube, cube, model_path, patch, pure=False)
+                for cube in cubes]
+        wait(outs)
     seconds = time.perf_counter() - t0
     del cubes, outs, payload
     return seconds, patch
@@ -252,7 +254,12 @@ def run_bench(
     >>> figures["efficiency"] > 0.8  # doctest: +SKIP
     True
     """
-    from geoflow._cluster import cluster_client
+    from geoflow._cluster import (
+        close_local_cluster,
+        gdal_settings,
+        new_local_cluster,
+        prepare_cluster,
+    )
     from geoflow.demo import served_archive
     from geoflow.model import DEFAULT_CHECKPOINT
     from geoflow.regional import classify_region
@@ -266,8 +273,10 @@ def run_bench(
         model_path = str(model) if model is not None else str(DEFAULT_CHECKPOINT)
         tmp = tempfile.mkdtemp(prefix="geoflow-bench-")
         try:
-            with cluster_client(None, n_workers=n_workers, dashboard=False) as cl:
-                client = cl.client
+            # A cluster of its own (not the session's), closed before the baseline runs.
+            cluster, client = new_local_cluster(n_workers, gdal_settings(), dashboard=False)
+            try:
+                cl = prepare_cluster(client)
                 say(f"warming up {cl.n_workers} workers")
                 # Every worker loads the model, runs a batch and reads an asset (a run of one
                 # chunk would warm one worker only); then one small run warms the catalog and
@@ -297,6 +306,8 @@ def run_bench(
                 model_s, patch = _model_only(client, bbox1, dates, url, model_path)
                 say("model only: the 4x region's chunk cubes in worker memory")
                 model4_s, _ = _model_only(client, bbox4, dates, url, model_path)
+            finally:
+                close_local_cluster(cluster, client)
 
             say("baseline: whole cube in memory, one process (1x, then 4x)")
             with PeakRSS() as rss_base:

@@ -105,6 +105,19 @@ def archive_info_cmd(
                 "tiles", "demo_bbox", "truth"):
         typer.echo(f"{key + ':':13s}{info.get(key)}")
 
+@archive_app.command("stop")
+def archive_stop_cmd(
+    directory: Path | None = typer.Argument(None, help="Archive directory (default: the one "
+                                            "`geoflow demo` uses, $GEOFLOW_ARCHIVE)."),
+) -> None:
+    """Stop the detached server of an archive (the one a notebook call or `demo` started)."""
+    from geoflow.archive import default_archive_dir
+    from geoflow.archive.server import stop_server
+
+    path = directory or default_archive_dir()
+    typer.echo(f"stopped the server of {path}" if stop_server(path)
+               else f"no server was running for {path}")
+
 # --------------------------------------------------------------------------- search
 
 
@@ -477,6 +490,12 @@ def main(argv: list[str] | None = None) -> None:
                    "Fix: this is a bug; rerun with GEOFLOW_DEBUG=1 for the traceback and "
                    "report it", err=True)
         sys.exit(70)
+    finally:
+        # The command's LocalCluster and the servers it started end with it, in order (not
+        # in the interpreter's exit handlers, where Dask's teardown is noisy).
+        from geoflow import session
+
+        session.shutdown()
 
 
 if __name__ == "__main__":  # pragma: no cover

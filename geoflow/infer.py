@@ -50,18 +50,33 @@ def _resolve_device(device: str | None) -> str:
     return str(device)
 
 
-def get_model(path: str | os.PathLike[str] | None = None, device: str | None = "auto") -> Any:
+def _model_cache_dir() -> Path:
+    """Where a process keeps checkpoints it was sent: its Dask worker's local directory (or
+    the system's temporary folder outside a worker)."""
+    try:
+        from distributed import get_worker
+
+        return Path(get_worker().local_directory) / "geoflow-models"
+    except (ImportError, ValueError):
+        import tempfile
+
+        return Path(tempfile.gettempdir()) / f"geoflow-models-{os.getuid()}"
+
+
+def get_model(path: Any = None, device: str | None = "auto") -> Any:
     """The model at ``path``, loaded once per process and device, then reused.
 
-    Call it inside Dask tasks with a path (never ship the model in the graph): each worker
-    loads it on first use. The cache key is the checkpoint's path and checksum (from its
-    metadata), so a checkpoint replaced on disk is loaded again.
+    Call it inside Dask tasks with the checkpoint's bytes (scattered once to every worker) or
+    a path every worker can read: each worker loads it on first use. The cache key is the
+    checkpoint's path and checksum (from its metadata), so a checkpoint replaced on disk is
+    loaded again.
 
     Parameters
     ----------
     path
-        Checkpoint (``NAME.safetensors`` or a ``geoflow train`` directory); ``None`` for the
-        shipped demo weights.
+        A :class:`geoflow.model.checkpoint.CheckpointBytes` (written to this worker's cache
+        folder after its sha256 is checked), a checkpoint (``NAME.safetensors`` or a
+        ``geoflow train`` directory), or ``None`` for the shipped demo weights.
     device
         ``"auto"`` (CUDA when this process sees a GPU, else CPU), ``"cpu"`` or ``"cuda"``.
 
@@ -81,8 +96,11 @@ def get_model(path: str | os.PathLike[str] | None = None, device: str | None = "
     True
     """
     import geoflow.model
-    from geoflow.model.checkpoint import read_metadata
+    from geoflow.model.checkpoint import CheckpointBytes, read_metadata
 
+    if isinstance(path, CheckpointBytes):
+        # Sent by the client: verified, then written once into this worker's own folder.
+        path = path.materialize(_model_cache_dir())
     p = Path(path) if path is not None else geoflow.model.DEFAULT_CHECKPOINT
     if p.is_dir():  # a training directory: let load() pick its checkpoint, key on the dir
         meta_path = next((p / f"{n}.json" for n in ("student_irm", "demo")

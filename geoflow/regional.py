@@ -23,14 +23,15 @@ import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import xarray as xr
 
+from geoflow import session
 from geoflow._cluster import gdal_settings
 from geoflow._options import RunOptions
+from geoflow._progress import auto_progress, check_progress
 from geoflow.errors import GeoflowError, RequestError, RunFailedError
 from geoflow.retry import ChunkFailure, Clock, RetryPolicy, assets_are_local, attempt, short_error
 
@@ -50,7 +51,6 @@ log = logging.getLogger(__name__)
 class _TaskSpec:
     """Everything a chunk task needs besides the chunk and the scenes; small and picklable."""
 
-    model_path: str
     store_path: str
     stride: int
     batch_size: int | None
@@ -83,7 +83,8 @@ def _open_store(path: str, storage_options: Mapping[str, Any] | None = None) -> 
     return MapStore.open(path, storage_options)
 
 
-def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec) -> dict[str, Any]:
+def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
+              model_bytes: Any) -> dict[str, Any]:
     """Task body for one chunk: read, classify, summarise, write, mark done.
 
     Module level so it pickles by reference. Returns a small summary dict; a chunk that keeps
@@ -118,7 +119,7 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec) -> dic
 
         cube = attempt(read, "reading the cube", spec.retry, spec.clock)
         t_read = time.perf_counter() - t0
-        model = get_model(spec.model_path, device=spec.device)
+        model = get_model(model_bytes, device=spec.device)
         result = classify_window(cube, model, spec.stride, batch_size=spec.batch_size or 256)
         result = add_summary(result, spec.n_classes)
         t_infer = time.perf_counter() - t0 - t_read
@@ -179,34 +180,13 @@ class RunReport:
         }
 
 
-def resolve_catalog(catalog: Any = None) -> Any:
-    """Catalog settings for a run: ``catalog`` if given, else ``GEOFLOW_STAC_URL``, else the
-    bundled sample archive, created if missing and served locally (started if needed).
-
-    Examples
-    --------
-    >>> resolve_catalog("http://127.0.0.1:8081")  # doctest: +SKIP
-    """
-    if catalog is not None:
-        return catalog
-    env = os.environ.get("GEOFLOW_STAC_URL")
-    if env:
-        return env
-    from geoflow.archive import create_archive, default_archive_dir
-    from geoflow.archive.server import ensure_server
-
-    directory = default_archive_dir()
-    if not (Path(directory) / "archive.json").exists():
-        create_archive(directory)
-    return ensure_server(directory)
-
-
-def _model_meta(model: str | os.PathLike[str] | None) -> tuple[str, Any]:
+def _model_meta(model: str | os.PathLike[str] | None) -> tuple[Any, Any]:
+    """The checkpoint's bytes (what the workers get) and the model loaded here (metadata)."""
     from geoflow.model import DEFAULT_CHECKPOINT, load
+    from geoflow.model.checkpoint import CheckpointBytes
 
-    path = str(model) if model is not None else str(DEFAULT_CHECKPOINT)
-    loaded = load(path, device="cpu")  # client side: metadata only, never shipped to workers
-    return path, loaded
+    loaded = load(str(model) if model is not None else str(DEFAULT_CHECKPOINT), device="cpu")
+    return CheckpointBytes.from_path(loaded.path), loaded
 
 
 def _times_and_ids(scenes: Any, grid: Any) -> tuple[np.ndarray, list[str], list[str]]:
@@ -235,7 +215,7 @@ def classify_region(
     batch_size: int | None = None,
     device: str | None = None,
     chunk_patches: int | None = None,
-    progress: ProgressCallback | None = None,
+    progress: ProgressCallback | bool | str | None = "auto",
     overwrite: bool = False,
     n_workers: int | None = None,
     max_area_km2: float | None = None,
@@ -260,11 +240,12 @@ def classify_region(
         STAC API URL or :class:`geoflow.catalog.CatalogSettings`. Default: ``GEOFLOW_STAC_URL``,
         else the bundled sample archive, served locally (created and started if needed).
     model
-        Checkpoint path; default the shipped demo checkpoint. Workers load it from this path
-        once each (it must be readable by them).
+        Checkpoint path; default the shipped demo checkpoint. Its bytes go to each worker once
+        (checked by sha256 there and cached per worker): workers need no file of the client's.
     client
-        A ``distributed.Client`` or scheduler address; default the current client, else a new
-        LocalCluster (processes, one thread each) closed at the end.
+        A ``distributed.Client`` or scheduler address; default ``DASK_SCHEDULER_ADDRESS``, else
+        the current client, else this Python session's LocalCluster (processes, one thread
+        each), started on the first call and reused by the next (see :mod:`geoflow.session`).
     crs
         EPSG code of the output grid; default the UTM zone of the bbox centre.
     resolution
@@ -282,12 +263,14 @@ def classify_region(
         Patches per chunk side (the unit of work, retry and resume). Default: at most 16,
         split evenly across the region (a region 17 patches wide gets chunks of 9 and 8).
     progress
-        Called with small event dicts: ``{"event": "start", ...}`` once, then
+        ``"auto"`` (default): a live line in Jupyter (chunks, km², failures, elapsed, ETA,
+        the dashboard link), a bar when stderr is a terminal, else nothing; True / False; or
+        a callable, called with small event dicts: ``{"event": "start", ...}`` once, then
         ``{"event": "chunk", ...}`` per finished chunk.
     overwrite
         Delete an existing store at ``out`` first instead of resuming it.
     n_workers
-        Workers of a LocalCluster started here.
+        Workers of the session's LocalCluster (another number restarts it).
     max_area_km2
         Raise the request's area limit.
     retry
@@ -303,7 +286,6 @@ def classify_region(
         ``AWS_REGION``): a LocalCluster's workers inherit it; the endpoint and region also go
         to every worker, translated for GDAL's ``s3://`` reads of inputs; workers elsewhere
         use their own credentials.
-
 
     Returns
     -------
@@ -338,17 +320,16 @@ def classify_region(
     from geoflow.tiles import plan_chunks
 
     t_start = time.perf_counter()
+    session.check_not_reimported()  # a worker importing the user's script must not run this
     # Everything the user passed is checked before anything is searched, started or written.
     request = Request.from_user(bbox, dates, max_cloud=max_cloud, max_area_km2=max_area_km2)
     opts = RunOptions.from_user(n_workers=n_workers, stride=stride, chunk_patches=chunk_patches,
                                 batch_size=batch_size, resolution=resolution, crs=crs,
                                 device=device)
     policy = RetryPolicy.coerce(retry)
-    if progress is not None and not callable(progress):
-        raise RequestError(f"progress must be a callable, got {type(progress).__name__}",
-                           hint="pass a function taking one dict, or None")
+    check_progress(progress)
     clock = policy.start()
-    model_path, loaded = _model_meta(model)
+    model_bytes, loaded = _model_meta(model)
     patch = int(loaded.patch_size)
     stride = int(opts.stride or patch)
     if stride > patch:
@@ -361,7 +342,7 @@ def classify_region(
     align = patch * stride // math.gcd(patch, stride)
     grid = GridSpec.from_bbox(request.bbox, resolution=opts.resolution, epsg=opts.crs,
                               align=align)
-    settings = resolve_catalog(catalog)
+    settings = session.get_catalog(catalog)
     clock.check("starting the catalog")
     scenes = search_scenes(request, settings, retry=policy, clock=clock)
     log.info("search: %d S2 + %d S1 scenes (%.2f s)", len(scenes.s2), len(scenes.s1),
@@ -397,7 +378,7 @@ def classify_region(
         store_path = os.path.join(temp_dir, "map.zarr")
     else:
         store_path = os.fspath(out)
-    spec = _TaskSpec(model_path=model_path, store_path=store_path, stride=stride,
+    spec = _TaskSpec(store_path=store_path, stride=stride,
                      batch_size=opts.batch_size, device=opts.device,
                      n_classes=len(loaded.classes), retry=policy, clock=clock,
                      io_threads=policy.threads_for(assets_are_local([*scenes.s2, *scenes.s1])),
@@ -405,19 +386,22 @@ def classify_region(
                      session=f"{store_path}@{os.getpid()}.{time.time_ns()}",
                      storage_options=dict(storage_options) if storage_options else None)
     try:
-        return _run(plan, scenes, times, attrs, spec, loaded, client, opts.n_workers, progress,
-                    grid, t_start, in_memory=temp_dir is not None, overwrite=overwrite)
+        cl = session.get_client(client, n_workers=opts.n_workers, gdal=spec.gdal,
+                                # A busy scheduler's handshake is slower than an HTTP answer.
+                                timeout=max(policy.timeout_s, 5.0), clock=clock)
+        with auto_progress(progress) as show:
+            return _run(plan, scenes, times, attrs, spec, model_bytes, cl, show, grid,
+                        t_start, in_memory=temp_dir is not None, overwrite=overwrite)
     finally:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], spec: _TaskSpec,
-         loaded: Any, client: Any, n_workers: int | None,
-         progress: ProgressCallback | None, grid: Any, t_start: float, *, in_memory: bool,
-         overwrite: bool) -> xr.Dataset:
+         model_bytes: Any, client: Any, progress: ProgressCallback | None, grid: Any,
+         t_start: float, *, in_memory: bool, overwrite: bool) -> xr.Dataset:
 
-    from geoflow._cluster import cluster_client
+    from geoflow._cluster import prepare_cluster
     from geoflow.store import MapStore
 
     store_path, clock = spec.store_path, spec.clock
@@ -425,36 +409,35 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], spec:
     report = RunReport(chunks_total=len(plan.chunks), km2=float(grid.area_km2))
     clock.check("starting the run")
     # The cluster first: a run that cannot get workers leaves no store behind.
-    with cluster_client(client, n_workers=n_workers, retry=spec.retry, clock=clock) as info:
-        report.dashboard = info.dashboard
-        log.info("cluster of %d workers ready (%.2f s)", info.n_workers,
-                 time.perf_counter() - t_start)
-        store = MapStore.open_or_create(store_path, map_grid=plan.map_grid, times=times,
-                                        chunk_shape=plan.chunk_shape, attrs=attrs,
-                                        overwrite=overwrite,
-                                        storage_options=spec.storage_options)
-        # Done chunks are verified against what the ledger recorded of their writes; a
-        # missing or damaged one is computed again.
-        done = store.verified_done()
-        log.info("store template ready (%.2f s)", time.perf_counter() - t_start)
-        todo = [c for c in plan.chunks if c.id not in done]
-        report.chunks_skipped = len(plan.chunks) - len(todo)
-        if progress is not None:
-            progress({"event": "start", "chunks_total": report.chunks_total,
-                      "chunks_todo": len(todo), "km2_total": report.km2,
-                      "km2_todo": sum(km2_per_chunk[c.id] for c in todo),
-                      "dashboard": info.dashboard, "workers": info.n_workers, "gpu": info.gpu,
-                      "store": store_path})
-        if todo:
-            for summary in _compute(info, todo, scenes, spec, store):
-                if summary["status"] == "failed":
-                    report.failures[summary["chunk"]] = summary["reason"]
-                else:
-                    report.chunks_computed += 1
-                if progress is not None:
-                    progress({"event": "chunk", "km2": km2_per_chunk[summary["chunk"]],
-                              **summary})
-        log.info("all chunks finished (%.2f s)", time.perf_counter() - t_start)
+    info = prepare_cluster(client, retry=spec.retry, clock=clock)
+    report.dashboard = info.dashboard
+    log.info("cluster of %d workers ready (%.2f s)", info.n_workers,
+             time.perf_counter() - t_start)
+    store = MapStore.open_or_create(store_path, map_grid=plan.map_grid, times=times,
+                                    chunk_shape=plan.chunk_shape, attrs=attrs,
+                                    overwrite=overwrite, storage_options=spec.storage_options)
+    # Done chunks are verified against what the ledger recorded of their writes; a
+    # missing or damaged one is computed again.
+    done = store.verified_done()
+    log.info("store template ready (%.2f s)", time.perf_counter() - t_start)
+    todo = [c for c in plan.chunks if c.id not in done]
+    report.chunks_skipped = len(plan.chunks) - len(todo)
+    if progress is not None:
+        progress({"event": "start", "chunks_total": report.chunks_total,
+                  "chunks_todo": len(todo), "km2_total": report.km2,
+                  "km2_todo": sum(km2_per_chunk[c.id] for c in todo),
+                  "dashboard": info.dashboard, "workers": info.n_workers, "gpu": info.gpu,
+                  "store": store_path})
+    if todo:
+        for summary in _compute(info, todo, scenes, spec, store, model_bytes):
+            if summary["status"] == "failed":
+                report.failures[summary["chunk"]] = summary["reason"]
+            else:
+                report.chunks_computed += 1
+            if progress is not None:
+                progress({"event": "chunk", "km2": km2_per_chunk[summary["chunk"]],
+                          **summary})
+    log.info("all chunks finished (%.2f s)", time.perf_counter() - t_start)
 
     report.seconds = time.perf_counter() - t_start
     # Under "run": values that differ between runs, which the store's digest leaves out.
@@ -482,8 +465,8 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], spec:
 _POLL_S = 5.0
 
 
-def _compute(info: Any, todo: list[Any], scenes: Any, spec: _TaskSpec,
-             store: Any) -> Iterator[dict[str, Any]]:
+def _compute(info: Any, todo: list[Any], scenes: Any, spec: _TaskSpec, store: Any,
+             model_bytes: Any) -> Iterator[dict[str, Any]]:
     """Run the chunk tasks in a bounded window; yield each chunk's summary as it finishes.
 
     Ends with :class:`DeadlineError` when the deadline passes (running chunks are cancelled;
@@ -493,9 +476,10 @@ def _compute(info: Any, todo: list[Any], scenes: Any, spec: _TaskSpec,
     from distributed import wait
 
     cl, clock = info.client, spec.clock
-    # The scene list is the one sizeable argument: send it once, reference it after.
+    # The scene list and the checkpoint's bytes are the sizeable arguments: each goes to each
+    # worker once, and tasks reference it. Workers need no file of the client's.
     payload = {"s2": list(scenes.s2), "s1": list(scenes.s1)}
-    [scenes_future] = cl.scatter([payload], broadcast=True)
+    [scenes_future, model_future] = cl.scatter([payload, model_bytes], broadcast=True)
     resources = {"GPU": 1} if info.gpu else None
     window = max(2, WINDOW_PER_WORKER * info.n_workers)
     pending = iter(_strips(todo, [] if info.gpu else _worker_addresses(cl)))
@@ -506,7 +490,8 @@ def _compute(info: Any, todo: list[Any], scenes: Any, spec: _TaskSpec,
     def submit_next() -> None:
         chunk, worker = next(pending, (None, None))
         if chunk is not None:
-            fut = cl.submit(run_chunk, chunk, scenes_future, spec, key=f"geoflow-{chunk.id}-"
+            fut = cl.submit(run_chunk, chunk, scenes_future, spec, model_future,
+                            key=f"geoflow-{chunk.id}-"
                             f"{os.getpid()}-{time.time_ns()}", resources=resources,
                             workers=worker, allow_other_workers=worker is not None,
                             pure=False)
@@ -517,8 +502,10 @@ def _compute(info: Any, todo: list[Any], scenes: Any, spec: _TaskSpec,
     try:
         while in_flight:
             try:
-                ready = wait(list(in_flight), timeout=min(_POLL_S, clock.remaining()),
-                             return_when="FIRST_COMPLETED").done
+                # wait() asks for the current client; the session's is not made the default.
+                with cl.as_current():
+                    ready = wait(list(in_flight), timeout=min(_POLL_S, clock.remaining()),
+                                 return_when="FIRST_COMPLETED").done
             except TimeoutError:
                 ready = set()
             if not ready:
@@ -583,4 +570,4 @@ def _chunk_km2(chunk: Any, plan: Any) -> float:
     return (ys.stop - ys.start) * (xs.stop - xs.start) * res * res / 1e6
 
 
-__all__ = ["RunReport", "classify_region", "resolve_catalog", "run_chunk"]
+__all__ = ["RunReport", "classify_region", "run_chunk"]

@@ -42,31 +42,56 @@ def test_gdal_settings_take_environment_overrides_but_retries_from_the_policy(mo
 def test_existing_client_is_reused_prepared_and_left_open():
     from distributed import Client, LocalCluster
 
-    from geoflow._cluster import cluster_client
+    from geoflow import session
+    from geoflow._cluster import prepare_cluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                       dashboard_address=None) as cluster, Client(cluster) as client:
-        with cluster_client(client) as info:
-            assert info.client is client and not info.owned
-            assert info.n_workers == 1 and info.gpu is False
-            # The plugin put the GDAL settings into the worker's environment.
-            env = client.run(_worker_env)
-            assert [v[0] for v in env.values()] == ["EMPTY_DIR"]
-        # With no client given, the current one is found and reused.
-        with cluster_client() as info:
-            assert info.client is client and not info.owned
+        assert session.get_client(client) is client
+        info = prepare_cluster(client)
+        assert info.client is client
+        assert info.n_workers == 1 and info.gpu is False
+        # The plugin put the GDAL settings into the worker's environment.
+        env = client.run(_worker_env)
+        assert [v[0] for v in env.values()] == ["EMPTY_DIR"]
+        # With no client given, the current one is found and reused, and left open.
+        assert session.get_client() is client
+        session.shutdown()
         assert client.status == "running"
+
+
+def test_dask_scheduler_address_is_honoured(monkeypatch):
+    from distributed import Client, LocalCluster
+
+    from geoflow import session
+
+    with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                      dashboard_address=None) as cluster, \
+            Client(cluster, set_as_default=False) as mine:
+        monkeypatch.setenv("DASK_SCHEDULER_ADDRESS", cluster.scheduler_address)
+        import dask
+
+        dask.config.refresh()
+        try:
+            client = session.get_client()
+            assert client is not mine and client.scheduler.address == cluster.scheduler_address
+            assert session.get_client() is client  # one connection per session and address
+        finally:
+            monkeypatch.delenv("DASK_SCHEDULER_ADDRESS")
+            dask.config.refresh()
+            session.shutdown()
+        assert client.status == "closed" and mine.status == "running"
 
 
 def test_workers_advertising_gpus_are_detected():
     from distributed import Client, LocalCluster
 
-    from geoflow._cluster import cluster_client
+    from geoflow._cluster import prepare_cluster
 
     with LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
                       resources={"GPU": 1}, dashboard_address=None) as cluster, \
-            Client(cluster) as client, cluster_client(client) as info:
-        assert info.gpu is True
+            Client(cluster) as client:
+        assert prepare_cluster(client).gpu is True
         # A task asking for the GPU resource runs there.
         assert client.submit(sum, [1, 2], resources={"GPU": 1}).result() == 3
 
@@ -74,30 +99,33 @@ def test_workers_advertising_gpus_are_detected():
 def test_bad_scheduler_address_is_a_clear_error():
     import time
 
-    from geoflow._cluster import cluster_client
+    from geoflow import session
     from geoflow.errors import GeoflowError, RequestError
-    from geoflow.retry import RetryPolicy
 
     t0 = time.monotonic()
-    with pytest.raises(GeoflowError, match="cannot connect to the Dask scheduler"), \
-            cluster_client("tcp://127.0.0.1:9", retry=RetryPolicy(timeout_s=1)):
-        pass
-    # Bounded by the policy's timeout (at least 5 s; Dask's connect may take twice that).
-    assert time.monotonic() - t0 < 20
-    with pytest.raises(RequestError, match="is not HOST:PORT"), cluster_client("my laptop"):
-        pass
+    with pytest.raises(GeoflowError, match="cannot connect to the Dask scheduler"):
+        session.get_client("tcp://127.0.0.1:9", timeout=2)
+    # Bounded by the timeout (Dask's connect may take a little longer).
+    assert time.monotonic() - t0 < 15
+    with pytest.raises(RequestError, match="is not HOST:PORT"):
+        session.get_client("my laptop")
+    with pytest.raises(RequestError, match=r"client must be a distributed\.Client"):
+        session.get_client(42)
 
 
-def test_a_new_local_cluster_listens_on_loopback_only(monkeypatch):
+def test_the_session_cluster_is_started_once_listens_on_loopback_and_closes(monkeypatch):
     from urllib.parse import urlparse
 
     import psutil
 
-    from geoflow._cluster import cluster_client
+    from geoflow import session
+    from geoflow._cluster import gdal_settings, prepare_cluster
 
-    monkeypatch.setattr("geoflow._cluster._current_client", lambda: None)
-    with cluster_client(None, n_workers=1) as info:
-        assert info.owned
+    monkeypatch.setattr("distributed.get_client", _no_client)
+    client = session.get_client(n_workers=1, gdal=gdal_settings())
+    try:
+        assert session.get_client(n_workers=1) is client  # the next call reuses it
+        info = prepare_cluster(client)
         assert info.client.scheduler.address.startswith("tcp://127.0.0.1:")
         workers = info.client.scheduler_info()["workers"]
         assert workers and all(a.startswith("tcp://127.0.0.1:") for a in workers)
@@ -113,6 +141,32 @@ def test_a_new_local_cluster_listens_on_loopback_only(monkeypatch):
         assert profiler == (False, False)
         assert tick_ms >= 500
         assert imported == {"geoflow.regional": True, "geoflow.store": True, "zarr": True}
+    finally:
+        session.shutdown()
+    assert client.status == "closed"
+
+
+def _no_client() -> None:
+    raise ValueError("No clients found")
+
+
+def test_a_worker_importing_the_users_script_is_refused(tmp_path):
+    """Dask's spawned workers import the main script again: geoflow must not run there."""
+    import subprocess
+    import sys
+
+    script = tmp_path / "unguarded.py"
+    script.write_text("import geoflow.session\n"
+                      "geoflow.session.check_not_reimported()\n"
+                      "print('ran', flush=True)\n"
+                      "if __name__ == '__main__':\n"
+                      "    import multiprocessing as mp\n"
+                      "    p = mp.get_context('spawn').Process(target=print)\n"
+                      "    p.start(); p.join(); print('child exit', p.exitcode)\n")
+    out = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                         timeout=120)
+    assert out.stdout.splitlines() == ["ran", "child exit 1"]
+    assert 'if __name__ == "__main__":' in out.stderr and "GeoflowError" in out.stderr
 
 
 _FAULTS = """

@@ -1054,7 +1054,8 @@ def stop_server(archive: str | os.PathLike[str], *, timeout: float = 60.0) -> bo
     if pid == os.getpid():
         raise ServerError("the server of this archive runs in this process",
                           hint="call .stop() on the ArchiveServer that serve_archive returned")
-    if not _pid_alive(pid):
+    # A stale file may name a pid that now belongs to another program: signal only ours.
+    if not _pid_alive(pid) or "geoflow" not in _cmdline(pid):
         with contextlib.suppress(OSError):
             (path / SERVER_FILE).unlink()
         return False

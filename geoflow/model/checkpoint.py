@@ -294,3 +294,62 @@ def read_checkpoint(path: str | os.PathLike[str], *, bands: tuple[str, ...] | No
                     "restore the original JSON metadata or re-create the checkpoint") from None
     net.eval()
     return Checkpoint(spec=spec, meta=meta, network=net, path=weights)
+
+
+@dataclass(frozen=True)
+class CheckpointBytes:
+    """A checkpoint's two files as bytes: how the model reaches Dask workers that cannot read
+    the client's disk. Sent once per worker, checked against its sha256 there, written to the
+    worker's own cache folder and loaded (and verified) from there like any checkpoint.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> from geoflow.model import DEFAULT_CHECKPOINT
+    >>> payload = CheckpointBytes.from_path(DEFAULT_CHECKPOINT)
+    >>> path = payload.materialize(tempfile.mkdtemp())
+    >>> read_checkpoint(path).meta["checksum"] == json.loads(payload.metadata)["checksum"]
+    True
+    """
+
+    name: str
+    weights: bytes
+    metadata: bytes
+    sha256: str
+
+    @staticmethod
+    def _digest(weights: bytes, metadata: bytes) -> str:
+        return hashlib.sha256(weights + b"\0" + metadata).hexdigest()
+
+    @classmethod
+    def from_path(cls, path: str | os.PathLike[str]) -> CheckpointBytes:
+        """Read a checkpoint's files (``NAME``, ``NAME.safetensors`` or ``NAME.json``)."""
+        weights_path, meta_path = checkpoint_paths(path)
+        try:
+            weights, metadata = weights_path.read_bytes(), meta_path.read_bytes()
+        except OSError as err:
+            raise _fail(f"cannot read checkpoint {weights_path.stem} ({err.strerror}: "
+                        f"{err.filename})", "pass the path of a NAME.safetensors with its "
+                        "NAME.json beside it") from None
+        return cls(weights_path.stem, weights, metadata, cls._digest(weights, metadata))
+
+    def verify(self) -> None:
+        """Raise :class:`CheckpointError` if the bytes are not the ones that were sent."""
+        if self._digest(self.weights, self.metadata) != self.sha256:
+            raise _fail(f"checkpoint {self.name} arrived damaged (sha256 mismatch)",
+                        "rerun; if it persists, check the network between client and workers")
+
+    def materialize(self, directory: str | os.PathLike[str]) -> Path:
+        """Write the files under ``directory/<sha256>/`` (once; atomic) and return the
+        ``.safetensors`` path."""
+        self.verify()
+        folder = Path(directory) / self.sha256[:32]
+        target = folder / f"{self.name}.safetensors"
+        if target.is_file() and target.with_suffix(".json").is_file():
+            return target
+        folder.mkdir(parents=True, exist_ok=True)
+        for suffix, data in ((".json", self.metadata), (".safetensors", self.weights)):
+            tmp = folder / f".{self.name}{suffix}.{os.getpid()}.tmp"
+            tmp.write_bytes(data)
+            os.replace(tmp, folder / f"{self.name}{suffix}")
+        return target
