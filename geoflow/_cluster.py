@@ -258,8 +258,7 @@ def _dashboard(client: Client) -> str | None:
         return None
 
 
-def new_local_cluster(n_workers: int | None, gdal: dict[str, str],
-                      dashboard: bool = True) -> tuple[LocalCluster, Client]:
+def new_local_cluster(n_workers: int | None, gdal: dict[str, str]) -> tuple[LocalCluster, Client]:
     """A LocalCluster of processes with one thread each, tuned for chunk tasks
     (:data:`LOCAL_CLUSTER_CONFIG`, :data:`WORKER_ENV`), on 127.0.0.1 only, and its client.
 
@@ -274,7 +273,9 @@ def new_local_cluster(n_workers: int | None, gdal: dict[str, str],
         cluster = LocalCluster(
             n_workers=n, threads_per_worker=1, processes=True,
             # Loopback only: scheduler, workers and dashboard are this machine's.
-            host="127.0.0.1", dashboard_address="127.0.0.1:0" if dashboard else None,
+            host="127.0.0.1",
+            # A free port: None would mean the default 8787, taken by a second cluster.
+            dashboard_address="127.0.0.1:0",
             # Environment for the worker processes from the start: GDAL options.
             env={**WORKER_ENV, **gdal})
     return cluster, Client(cluster, set_as_default=False)

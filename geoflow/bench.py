@@ -32,6 +32,7 @@ import contextlib
 import math
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -274,7 +275,7 @@ def run_bench(
         tmp = tempfile.mkdtemp(prefix="geoflow-bench-")
         try:
             # A cluster of its own (not the session's), closed before the baseline runs.
-            cluster, client = new_local_cluster(n_workers, gdal_settings(), dashboard=False)
+            cluster, client = new_local_cluster(n_workers, gdal_settings())
             try:
                 cl = prepare_cluster(client)
                 say(f"warming up {cl.n_workers} workers")
@@ -501,7 +502,7 @@ def run_storage_bench(
         tmp = tempfile.mkdtemp(prefix="geoflow-bench-")
         # Started after the environment is set: the workers inherit it (s3fs on the workers
         # writes the S3 store; GDAL's s3 options come with gdal_settings()).
-        cluster, client = new_local_cluster(n_workers, gdal_settings(), dashboard=False)
+        cluster, client = new_local_cluster(n_workers, gdal_settings())
         try:
             cl = prepare_cluster(client)
             say(f"warming up {cl.n_workers} workers")
@@ -540,4 +541,112 @@ def run_storage_bench(
     }
 
 
-__all__ = ["PeakRSS", "local_s3_server", "run_bench", "run_storage_bench"]
+def _cluster_sh() -> Path:
+    return Path(__file__).resolve().parents[1] / "deploy" / "local" / "cluster.sh"
+
+
+@contextlib.contextmanager
+def command_line_cluster(n_workers: int, timeout_s: float = 120.0) -> Iterator[str]:
+    """``deploy/local/cluster.sh`` (a ``dask scheduler`` and ``dask worker`` processes)
+    while the block runs; yields the scheduler address.
+
+    Raises
+    ------
+    GeoflowError
+        The script is not there (an installed package without the repository) or the cluster
+        did not come up.
+    """
+    from geoflow.errors import GeoflowError
+
+    script = _cluster_sh()
+    if not script.is_file():
+        raise GeoflowError(f"{script} is not there",
+                           hint="run the cluster benchmark from a clone of the repository")
+    state = tempfile.mkdtemp(prefix="geoflow-cluster-")
+    with tempfile.TemporaryFile() as log_file:
+        proc = subprocess.Popen(
+            [str(script), "--workers", str(n_workers), "--port", "0", "--dir", state,
+             "--timeout", str(int(timeout_s))],
+            env={**os.environ, "PYTHON": sys.executable}, stdout=subprocess.PIPE,
+            stderr=log_file, text=True, start_new_session=True)
+        try:
+            address = proc.stdout.readline().strip() if proc.stdout else ""
+            if not address.startswith("tcp://"):
+                log_file.seek(0)
+                raise GeoflowError("deploy/local/cluster.sh did not start a cluster: "
+                                   + log_file.read()[-500:].decode(errors="replace").strip(),
+                                   hint="see the logs under " + state)
+            yield address
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGTERM)
+            proc.wait(timeout=60)
+            shutil.rmtree(state, ignore_errors=True)
+
+
+def run_cluster_bench(
+    *, n_workers: int | None = None, model: str | os.PathLike[str] | None = None,
+    log: Callable[[str], Any] | None = None
+) -> dict[str, Any]:
+    """Where users run geoflow: a notebook's repeated calls, and a long-lived cluster.
+
+    Measures, in one process on the demo region:
+
+    - ``first_call_s`` / ``second_call_s``: two :func:`geoflow.classify_region` calls with
+      nothing configured but the catalog, as in a notebook (the first starts the session's
+      LocalCluster and loads the model on its workers; the second reuses both);
+    - ``local_cluster_km2_per_s`` / ``cli_cluster_km2_per_s``: the same run on that
+      LocalCluster and on a cluster of ``dask scheduler`` / ``dask worker`` processes
+      (``deploy/local/cluster.sh``) with as many workers, interleaved, best of two each.
+
+    Examples
+    --------
+    >>> figures = run_cluster_bench(n_workers=2)  # doctest: +SKIP
+    """
+    from geoflow import session
+    from geoflow.demo import served_archive
+    from geoflow.regional import classify_region
+
+    say = log or (lambda _msg: None)
+    n = n_workers or min(os.cpu_count() or 1, 8)
+    with served_archive(log) as (_directory, info, url):
+        dates, bbox = info["datetime"], info["demo_bbox"]
+        tmp = tempfile.mkdtemp(prefix="geoflow-bench-")
+        try:
+            session.shutdown()  # the first call must start the session's cluster itself
+            calls = []
+            for i in (1, 2):
+                say(f"notebook-style call {i}")
+                t0 = time.perf_counter()
+                ds = classify_region(bbox, dates, out=os.path.join(tmp, f"call{i}.zarr"),
+                                     catalog=url, model=model, n_workers=n, progress=False)
+                calls.append(time.perf_counter() - t0)
+            km2 = float(dict(ds.attrs["run"])["km2"])
+            rates: dict[str, list[float]] = {"local": [], "cli": []}
+            with command_line_cluster(n) as address:
+                say(f"command-line cluster at {address}")
+                classify_region(_sub_bbox(bbox, 0.3), dates, out=os.path.join(tmp, "w.zarr"),
+                                catalog=url, model=model, client=address, progress=False)
+                for i in range(2):
+                    for name, client in (("local", None), ("cli", address)):
+                        say(f"{name} cluster, run {i + 1} of 2")
+                        t0 = time.perf_counter()
+                        classify_region(bbox, dates, catalog=url, model=model, client=client,
+                                        n_workers=n, progress=False,
+                                        out=os.path.join(tmp, f"{name}{i}.zarr"))
+                        rates[name].append(km2 / (time.perf_counter() - t0))
+        finally:
+            session.shutdown()
+            shutil.rmtree(tmp, ignore_errors=True)
+    return {
+        "first_call_s": round(calls[0], 2),
+        "second_call_s": round(calls[1], 2),
+        "local_cluster_km2_per_s": round(max(rates["local"]), 3),
+        "cli_cluster_km2_per_s": round(max(rates["cli"]), 3),
+        "km2": round(km2, 2),
+        "workers": n,
+    }
+
+
+__all__ = ["PeakRSS", "command_line_cluster", "local_s3_server", "run_bench",
+           "run_cluster_bench", "run_storage_bench"]

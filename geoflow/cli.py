@@ -355,13 +355,15 @@ def bench_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the figures as JSON only."),
     storage: bool = typer.Option(False, "--storage", help="Instead: the demo region written to "
                                  "local disk and to a local S3 server (moto), km^2/s each."),
+    cluster: bool = typer.Option(False, "--cluster", help="Instead: a notebook's first and "
+                                 "second call, and a dask-scheduler cluster vs LocalCluster."),
 ) -> None:
     """Measure end-to-end and model-only throughput, memory and a plain baseline."""
-    from geoflow.bench import run_bench, run_storage_bench
+    from geoflow.bench import run_bench, run_cluster_bench, run_storage_bench
 
-    if storage:
-        figures = run_storage_bench(n_workers=workers, model=model,
-                                    log=None if as_json else typer.echo)
+    if storage or cluster:
+        run = run_storage_bench if storage else run_cluster_bench
+        figures = run(n_workers=workers, model=model, log=None if as_json else typer.echo)
         if as_json:
             _print_json(figures)
         else:

@@ -250,7 +250,19 @@ class _Files:
         return path
 
     def is_file(self, rel: str) -> bool:
-        return self.fs.isfile(self._fresh(rel)) if self.remote else Path(self._p(rel)).is_file()
+        if not self.remote:
+            return Path(self._p(rel)).is_file()
+        # Not fsspec's isfile(), which answers False for any error: missing credentials on a
+        # worker would then read as "not a map store".
+        try:
+            return bool(self.fs.info(self._fresh(rel)).get("type") == "file")
+        except FileNotFoundError:
+            return False
+        except Exception as err:
+            raise StoreError(f"cannot read {self.display}/{rel} ({type(err).__name__}: "
+                             f"{err})", hint="check the store's endpoint and credentials where "
+                             "this runs (AWS_* environment or storage_options): Dask workers "
+                             "need them as well as the client") from None
 
     def read_json(self, rel: str) -> Any:
         if self.remote:

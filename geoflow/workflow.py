@@ -16,6 +16,7 @@ A spec (every key but ``bbox`` and ``dates`` optional)::
     model: null                        # checkpoint path; null: the shipped demo weights
     resolution: 10                     # m
     stride: null                       # px; null: the model's patch size
+    chunk_patches: null                # patches per chunk side; null: up to 16, balanced
     cluster:
       scheduler: null                  # tcp://HOST:8786; null: a LocalCluster
       workers: 4                       # LocalCluster workers
@@ -54,7 +55,7 @@ from geoflow.errors import GeoflowError, RequestError
 from geoflow.retry import SPEC_KEYS, RetryPolicy
 
 _TOP_KEYS = ("name", "bbox", "dates", "out", "catalog", "max_cloud", "model", "resolution",
-             "stride", "cluster", "retry", "reprocess")
+             "stride", "chunk_patches", "cluster", "retry", "reprocess")
 _CATALOG_KEYS = ("url", "s2_collection", "s1_collection", "signer")
 _CLUSTER_KEYS = ("scheduler", "workers")
 _REPROCESS_KEYS = ("previous", "report")
@@ -106,6 +107,7 @@ class Workflow:
     model: str | None = None
     resolution: float = 10.0
     stride: int | None = None
+    chunk_patches: int | None = None
     cluster: ClusterSpec = field(default_factory=ClusterSpec)
     retry: RetryPolicy = field(default_factory=RetryPolicy)
     reprocess: ReprocessSpec | None = None
@@ -197,6 +199,7 @@ class Workflow:
             raise RequestError(f"{where}: name {name!r} may hold only letters, digits, '.', "
                                "'_' and '-'", hint="it is used in file names; e.g. 'po-valley'")
         stride = _opt_number(spec, "stride", where, integer=True, low=1)
+        chunk_patches = _opt_number(spec, "chunk_patches", where, integer=True, low=1, high=256)
         resolution = _opt_number(spec, "resolution", where, low=0, low_open=True)
         return cls(
             name=name,
@@ -213,6 +216,7 @@ class Workflow:
             model=_opt_str(spec, "model", where),
             resolution=10.0 if resolution is None else float(resolution),
             stride=None if stride is None else int(stride),
+            chunk_patches=None if chunk_patches is None else int(chunk_patches),
             cluster=ClusterSpec(scheduler=scheduler,
                                 workers=None if workers is None else int(workers)),
             retry=retry,
@@ -295,8 +299,8 @@ class Workflow:
         >>> wf = Workflow.from_dict({"bbox": [11, 45, 11.1, 45.1], "dates": "2024-06-01",
         ...                          "cluster": {"workers": 2}})
         >>> sorted(wf.classify_kwargs())  # doctest: +NORMALIZE_WHITESPACE
-        ['catalog', 'client', 'max_cloud', 'model', 'n_workers', 'out', 'resolution', 'retry',
-         'stride']
+        ['catalog', 'chunk_patches', 'client', 'max_cloud', 'model', 'n_workers', 'out',
+         'resolution', 'retry', 'stride']
         """
         return {
             "out": self.out_path(today),
@@ -306,6 +310,7 @@ class Workflow:
             "n_workers": self.cluster.workers,
             "resolution": self.resolution,
             "stride": self.stride,
+            "chunk_patches": self.chunk_patches,
             "max_cloud": self.max_cloud,
             "retry": self.retry,
         }
