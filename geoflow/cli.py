@@ -361,21 +361,14 @@ def bench_cmd(
     """Measure end-to-end and model-only throughput, memory and a plain baseline."""
     from geoflow.bench import run_bench, run_cluster_bench, run_storage_bench
 
-    if storage or cluster:
-        run = run_storage_bench if storage else run_cluster_bench
-        figures = run(n_workers=workers, model=model, log=None if as_json else typer.echo)
-        if as_json:
-            _print_json(figures)
-        else:
-            for key, value in figures.items():
-                typer.echo(f"{key:>26}: {value}")
-        return
-    result = run_bench(n_workers=workers, model=model, log=None if as_json else typer.echo)
+    run = run_storage_bench if storage else run_cluster_bench if cluster else run_bench
+    result = run(n_workers=workers, model=model, log=None if as_json else typer.echo)
     if as_json:
         _print_json(result)
-    else:
-        for key, value in result.items():
-            typer.echo(f"{key:>26}: {value}")
+        return
+    for key, value in result.items():
+        typer.echo(f"{key:>26}: {value}")
+    if "worker_hours_per_100k_km2" in result:
         hours = result["worker_hours_per_100k_km2"] * 3.576
         typer.echo(f"Germany (357,600 km^2) for one month: about {hours:.0f} worker-hours at "
                    f"this rate, {hours / 64:.1f} h on 64 such workers.")

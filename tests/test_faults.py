@@ -40,6 +40,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import xarray as xr
+from _tmpfs import mount_tmpfs, unmount
 
 from geoflow.cli import main as cli_main
 from geoflow.errors import (
@@ -288,16 +289,7 @@ def _full_disk_export(tmp: Path, world: World) -> Any:
 
 
 def _mount_full_disk(tmp: Path, world: World) -> None:
-    disk = tmp / "disk"
-    disk.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=64k", "tmpfs", str(disk)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
-    with contextlib.suppress(OSError), open(disk / "filler", "wb") as fh:
-        while True:  # until the disk is full
-            fh.write(b"\0" * 4096)
-            fh.flush()
+    mount_tmpfs(tmp / "disk", 64, fill=True)
 
 
 def _other_job(tmp: Path, world: World) -> Any:
@@ -613,8 +605,7 @@ def test_fault(case: Case, tmp_path: Path, world: World) -> None:
     try:
         _check(case, tmp_path, world)
     finally:
-        if (tmp_path / "disk").is_mount():
-            subprocess.run(["umount", "-l", str(tmp_path / "disk")], check=False)
+        unmount(tmp_path / "disk")
 
 
 @pytest.mark.parametrize("case", SERVICE_CASES, ids=[f"{c.kind}-{c.id}" for c in SERVICE_CASES])

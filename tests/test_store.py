@@ -364,18 +364,13 @@ def test_a_failing_chunk_write_leaves_no_done_entry(tmp_path, monkeypatch):
 @pytest.fixture
 def tiny_disk(tmp_path):
     """A real 256 KiB file system (tmpfs), where writes fail with ENOSPC once it is full."""
-    import subprocess
+    from _tmpfs import mount_tmpfs, unmount
 
-    mount = tmp_path / "disk"
-    mount.mkdir()
-    done = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=256k", "tmpfs", str(mount)],
-                          capture_output=True)
-    if done.returncode != 0:
-        pytest.skip(f"cannot mount a tmpfs here: {done.stderr.decode().strip()}")
+    mount = mount_tmpfs(tmp_path / "disk", 256)
     try:
         yield mount
     finally:
-        subprocess.run(["umount", "-l", str(mount)], check=False)
+        unmount(mount)
 
 
 def test_a_full_disk_is_a_clear_error_and_leaves_no_temporary_files(tiny_disk):
