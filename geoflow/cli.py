@@ -118,6 +118,81 @@ def archive_stop_cmd(
     typer.echo(f"stopped the server of {path}" if stop_server(path)
                else f"no server was running for {path}")
 
+# --------------------------------------------------------------------------- models
+# (the local model registry: geoflow.model.registry)
+models_app = typer.Typer(help="List, inspect and add model versions (the local registry, "
+                         "$GEOFLOW_MODELS).", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+def _model_line(e: Any) -> str:
+    where = "built-in" if e.builtin else f"added {e.added or '?'}"
+    return (f"{e.name + (' *' if e.latest and not e.builtin else ''):<20} {e.version:<44} "
+            f"{e.checksum[7:19]}  {where}")
+
+
+@models_app.command("list")
+def models_list_cmd(
+    as_json: bool = typer.Option(False, "--json", help="Print the models as JSON only."),
+) -> None:
+    """List the built-in models and every version in the registry (* = latest)."""
+    from geoflow.model.registry import ModelRegistry
+
+    reg = ModelRegistry()
+    entries = reg.list()
+    if as_json:
+        _print_json({"registry": str(reg.root), "models": [e.to_dict() for e in entries]})
+        return
+    typer.echo(f"registry: {reg.root}")
+    for e in entries:
+        typer.echo(_model_line(e))
+
+
+@models_app.command("show")
+def models_show_cmd(
+    spec: str = typer.Argument(..., help="NAME (latest), NAME@VERSION or NAME@CHECKSUM-PREFIX."),
+    as_json: bool = typer.Option(False, "--json", help="Print the model as JSON only."),
+) -> None:
+    """Show one model version: version, checksum, file, stage, architecture and metrics."""
+    from geoflow.model.checkpoint import read_metadata
+    from geoflow.model.registry import ModelRegistry
+
+    reg = ModelRegistry()
+    e = reg.get(spec)
+    meta = read_metadata(e.path)
+    versions = [v.version for v in reg.list() if v.name == e.name]
+    if as_json:
+        _print_json({**e.to_dict(), "versions": versions, "metadata": meta})
+        return
+    arch = meta["architecture"]
+    for key, value in (("model", e.to_dict()["spec"]), ("checksum", e.checksum),
+                       ("path", e.path), ("stage", e.stage), ("created", meta.get("created")),
+                       ("added", "built-in" if e.builtin else e.added),
+                       ("architecture", f"{arch.get('name')} width {arch.get('width')}, "
+                        f"{arch.get('n_parameters')} parameters, {meta['patch_size']} px"),
+                       ("classes", ", ".join(meta["classes"])), ("metrics", meta.get("metrics")),
+                       ("versions", ", ".join(versions))):
+        typer.echo(f"{key + ':':14s}{value}")
+
+
+@models_app.command("add")
+def models_add_cmd(
+    path: Path = typer.Argument(..., help="Checkpoint (NAME.safetensors) or `train --out` dir."),
+    name: str = typer.Option(..., "--name", help="Registry name; the version is the "
+                             "checkpoint's own."),
+    as_json: bool = typer.Option(False, "--json", help="Print the entry as JSON only."),
+) -> None:
+    """Verify a checkpoint and copy it into the registry as NAME@VERSION (the new latest)."""
+    from geoflow.model.registry import ModelRegistry
+
+    entry, added = ModelRegistry().add(path, name)
+    if as_json:
+        _print_json({**entry.to_dict(), "added_now": added})
+    else:
+        typer.echo(f"{'added' if added else 'already there:'} {entry.name}@{entry.version} "
+                   f"({entry.checksum[:19]}...) -> {entry.path}")
+
+
 # --------------------------------------------------------------------------- search
 
 

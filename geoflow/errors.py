@@ -120,6 +120,10 @@ class CheckpointError(ModelError):
     """A checkpoint is missing, truncated, tampered with or incompatible."""
 
 
+class ModelNotFoundError(CheckpointError):
+    """A model name (or ``NAME@VERSION``) is not in the local model registry."""
+
+
 class StoreError(GeoflowError):
     """A Zarr map store cannot be created, opened or written."""
 
@@ -158,6 +162,7 @@ __all__ = [
     "DeadlineError",
     "GeoflowError",
     "ModelError",
+    "ModelNotFoundError",
     "NoScenesError",
     "RequestError",
     "RunFailedError",
