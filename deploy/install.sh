@@ -66,5 +66,10 @@ if [[ $step != project ]]; then
   run "${pip[@]}" "${index[@]}" "torch==${TORCH_VERSION}"
 fi
 if [[ $step != torch ]]; then
-  run "${pip[@]}" "${editable[@]}" "${project}[${extras}]" "$@"
+  # The tested versions as constraints: a fresh install resolves at once (without them pip
+  # backtracked for minutes through aiobotocore's narrow botocore pins).
+  here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+  constraints=()
+  [[ -f "$here/constraints.txt" ]] && constraints=(-c "$here/constraints.txt")
+  run "${pip[@]}" "${constraints[@]}" "${editable[@]}" "${project}[${extras}]" "$@"
 fi

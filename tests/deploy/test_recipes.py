@@ -515,7 +515,7 @@ def _installs(args: list[str], docker_args: dict[str, str] | None = None) -> lis
         for w in words[4:]:
             if skip_next:
                 skip_next = False
-            elif w in ("--index-url", "-i"):
+            elif w in ("--index-url", "-i", "-c", "--constraint"):
                 skip_next = True
             elif not w.startswith("-"):
                 reqs.append(w)
