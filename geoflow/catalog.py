@@ -468,4 +468,92 @@ def search_scenes(request: Request, settings: CatalogSettings | str, *,
     return SceneSet(s2=found["s2"], s1=found["s1"], request=request, settings=settings)
 
 
-__all__ = ["CatalogSettings", "SceneSet", "Signer", "search_scenes"]
+def _fetch(client: Any, call: _Call, collection: str, ids: list[str]) -> list[dict[str, Any]]:
+    from pystac_client.exceptions import APIError
+
+    settings = call.settings
+    found: dict[str, dict[str, Any]] = {}
+    # Pages of ids: a long archive's ids do not fit one request.
+    for start in range(0, len(ids), _PAGE_SIZE):
+        batch = ids[start:start + _PAGE_SIZE]
+        try:
+            search = client.search(ids=batch, collections=[collection], limit=_PAGE_SIZE)
+            items = list(search.item_collection_as_dict()["features"])
+        except APIError as err:
+            raise _api_error(call, err, f"fetching items of {collection!r} by id") from None
+        except Exception as err:
+            raise CatalogError(f"fetching items of {collection!r} by id at "
+                               f"{strip_secrets(settings.url)} failed: {_short(err)}",
+                               hint="check that the STAC API is running") from None
+        # An API that ignores `ids` would hand back other items: keep only those asked for.
+        found.update((i["id"], i) for i in items if i.get("id") in batch)
+    return [found[i] for i in ids if i in found]
+
+
+def fetch_scenes(settings: CatalogSettings | str, s2_ids: list[str], s1_ids: list[str], *,
+                 retry: RetryPolicy | None = None, clock: Clock | None = None) -> SceneSet:
+    """Fetch exactly the Sentinel-2 and Sentinel-1 items named, by id (no search).
+
+    Reprocessing reads the items a map recorded, so that what changes is the model alone;
+    a catalog that gained scenes since does not change the inputs.
+
+    Parameters
+    ----------
+    settings
+        A :class:`CatalogSettings` (its ``s2_collection`` / ``s1_collection`` are where the
+        ids are looked up) or just the STAC API URL.
+    s2_ids, s1_ids
+        Item ids per sensor (duplicates are fetched once).
+    retry, clock
+        As for :func:`search_scenes`.
+
+    Returns
+    -------
+    SceneSet
+        The items, sorted by datetime, signed if a signer is set.
+
+    Raises
+    ------
+    CatalogError
+        An item is no longer in the catalog (the message names it), or the API fails.
+    DeadlineError
+        The deadline passed first.
+
+    Examples
+    --------
+    >>> scenes = fetch_scenes("http://127.0.0.1:8000", ["S2A_x"], [])  # doctest: +SKIP
+    >>> scenes.ids  # doctest: +SKIP
+    {'S2': ['S2A_x'], 'S1': []}
+    """
+    settings = CatalogSettings.coerce(settings)
+    signer = _resolve_signer(settings.signer)
+    policy = retry or RetryPolicy()
+    call = _Call(settings, policy, clock or policy.start())
+    client = _open_client(call)
+    found: dict[str, list[dict[str, Any]]] = {"s2": [], "s1": []}
+    missing: list[str] = []
+    for key, collection, ids in (("s2", settings.s2_collection, s2_ids),
+                                 ("s1", settings.s1_collection, s1_ids)):
+        wanted = list(dict.fromkeys(str(i) for i in ids))
+        if not wanted:
+            continue
+        if not collection:
+            missing.extend(f"{i} (no {key.upper()} collection set)" for i in wanted)
+            continue
+        items = _fetch(client, call, collection, wanted)
+        got = {i["id"] for i in items}
+        missing.extend(f"{collection}/{i}" for i in wanted if i not in got)
+        found[key] = sorted(_sign(items, signer), key=lambda i: (
+            str(i.get("properties", {}).get("datetime")), i["id"]))
+    if missing:
+        shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more"
+                                           if len(missing) > 10 else "")
+        raise CatalogError(f"{len(missing)} pinned item(s) are no longer in the catalog at "
+                           f"{strip_secrets(settings.url)}: {shown}",
+                           hint="pass the catalog that holds them (--catalog), or search "
+                                "again with --research (research=True): the new map then "
+                                "reflects the changed inputs as well as the model")
+    return SceneSet(s2=found["s2"], s1=found["s1"], settings=settings)
+
+
+__all__ = ["CatalogSettings", "SceneSet", "Signer", "fetch_scenes", "search_scenes"]

@@ -67,6 +67,9 @@ class _TaskSpec:
     #: fsspec options of the store (may hold credentials: kept out of the repr, which Dask
     #: logs for a failed task).
     storage_options: dict[str, Any] | None = field(default=None, repr=False)
+    #: Adds layers to a chunk's map before it is written: ``hook(chunk, result, spec)`` ->
+    #: result (reprocessing's ``changed``). A picklable module-level callable or None.
+    chunk_hook: Callable[[Any, xr.Dataset, Any], xr.Dataset] | None = None
 
 
 def _overlaps(item: dict, bbox: Sequence[float]) -> bool:
@@ -122,6 +125,8 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
         model = get_model(model_bytes, device=spec.device)
         result = classify_window(cube, model, spec.stride, batch_size=spec.batch_size or 256)
         result = add_summary(result, spec.n_classes)
+        if spec.chunk_hook is not None:
+            result = spec.chunk_hook(chunk, result, spec)
         t_infer = time.perf_counter() - t0 - t_read
 
         def write() -> None:
@@ -315,9 +320,7 @@ def classify_region(
     """
 
     from geoflow.catalog import search_scenes
-    from geoflow.grid import GridSpec
     from geoflow.request import Request
-    from geoflow.tiles import plan_chunks
 
     t_start = time.perf_counter()
     session.check_not_reimported()  # a worker importing the user's script must not run this
@@ -326,6 +329,56 @@ def classify_region(
     opts = RunOptions.from_user(n_workers=n_workers, stride=stride, chunk_patches=chunk_patches,
                                 batch_size=batch_size, resolution=resolution, crs=crs,
                                 device=device)
+    job = _prepare(request, opts, model, retry, progress, t_start)
+    settings = session.get_catalog(catalog)
+    job.clock.check("starting the catalog")
+    scenes = search_scenes(request, settings, retry=job.policy, clock=job.clock)
+    log.info("search: %d S2 + %d S1 scenes (%.2f s)", len(scenes.s2), len(scenes.s1),
+             time.perf_counter() - t_start)
+    return _map_region(job, scenes, out=out, client=client, progress=progress,
+                       overwrite=overwrite, storage_options=storage_options)
+
+
+@dataclass
+class _Job:
+    """A checked run before its scenes are known: request, options, policy, model and grid.
+
+    Classify and reprocess both build one (:func:`_prepare`), get their scenes their own way
+    (a search; the items a map pinned) and hand both to :func:`_map_region`.
+    """
+
+    request: Any
+    opts: RunOptions
+    policy: RetryPolicy
+    clock: Clock
+    model_bytes: Any
+    loaded: Any
+    patch: int
+    stride: int
+    grid: Any
+    t_start: float
+
+    def plan(self) -> Any:
+        """The chunk plan of the options: an explicit chunk size is the store's chunk edge;
+        by default chunks of up to 16 patches are split evenly, so a small region does not
+        leave one worker a sliver."""
+        from geoflow.tiles import plan_chunks
+
+        cp = self.opts.chunk_patches
+        return plan_chunks(self.grid, self.patch, self.stride, int(cp or DEFAULT_CHUNK_PATCHES),
+                           balance=cp is None)
+
+    def request_attrs(self) -> dict[str, Any]:
+        """The ``request`` of the store's provenance (compared when a store is reopened)."""
+        return {**self.request.to_dict(), "resolution": self.opts.resolution,
+                "stride": self.stride, "patch_size": self.patch, "epsg": self.grid.epsg}
+
+
+def _prepare(request: Any, opts: RunOptions, model: Any, retry: Any, progress: Any,
+             t_start: float) -> _Job:
+    """Check the policy and progress, load the model's metadata and lay the grid."""
+    from geoflow.grid import GridSpec
+
     policy = RetryPolicy.coerce(retry)
     check_progress(progress)
     clock = policy.start()
@@ -342,16 +395,39 @@ def classify_region(
     align = patch * stride // math.gcd(patch, stride)
     grid = GridSpec.from_bbox(request.bbox, resolution=opts.resolution, epsg=opts.crs,
                               align=align)
-    settings = session.get_catalog(catalog)
-    clock.check("starting the catalog")
-    scenes = search_scenes(request, settings, retry=policy, clock=clock)
-    log.info("search: %d S2 + %d S1 scenes (%.2f s)", len(scenes.s2), len(scenes.s1),
-             time.perf_counter() - t_start)
-    # An explicit chunk size is the store's chunk edge; by default chunks of up to 16 patches
-    # are split evenly, so a small region does not leave one worker a sliver.
-    plan = plan_chunks(grid, patch, stride, int(opts.chunk_patches or DEFAULT_CHUNK_PATCHES),
-                       balance=opts.chunk_patches is None)
-    times, s2_ids, s1_ids = _times_and_ids(scenes, plan.chunks[0].read_grid)
+    return _Job(request, opts, policy, clock, model_bytes, loaded, patch, stride, grid, t_start)
+
+
+def _model_name(loaded: Any) -> str:
+    """A model's name for provenance: its own, else its checkpoint's file name."""
+    name = getattr(loaded, "name", None)
+    return str(name) if name else os.path.splitext(os.path.basename(str(loaded.path)))[0]
+
+
+def _map_region(job: _Job, scenes: Any, *, out: str | os.PathLike[str] | None, client: Any,
+                progress: ProgressCallback | bool | str | None, overwrite: bool,
+                storage_options: Mapping[str, Any] | None, plan: Any = None,
+                variables: Sequence[str] | None = None,
+                extra_attrs: Mapping[str, Any] | None = None,
+                chunk_hook: Callable[[Any, xr.Dataset, Any], xr.Dataset] | None = None,
+                check_times: Callable[[np.ndarray], None] | None = None) -> xr.Dataset:
+    """Map ``scenes`` on the job's grid into a store, chunk by chunk on Dask: the part of a
+    run that classify and reprocess share.
+
+    ``plan`` (default :meth:`_Job.plan`), ``variables`` (default the store's defaults),
+    ``extra_attrs`` (merged into the provenance), ``chunk_hook`` (see :class:`_TaskSpec`) and
+    ``check_times`` (called with the dates before the store is touched) let reprocessing
+    reuse the chunk loop unchanged.
+    """
+    from geoflow.catalog import CatalogSettings
+    from geoflow.errors import strip_secrets
+
+    request, loaded, stride, patch = job.request, job.loaded, job.stride, job.patch
+    plan = plan if plan is not None else job.plan()
+    # The whole region's cube (lazy): every item of a date, not only those of one chunk.
+    times, s2_ids, s1_ids = _times_and_ids(scenes, job.grid)
+    if check_times is not None:
+        check_times(times)
 
     dates_text = f"{request.start:%Y-%m-%d}/{request.end:%Y-%m-%d}"
     attrs: dict[str, Any] = {
@@ -360,6 +436,7 @@ def classify_region(
         "dates": dates_text,
         "model_version": str(loaded.version),
         "model_checksum": str(loaded.checksum),
+        "model_name": _model_name(loaded),
         "classes": list(loaded.classes),
         "class_colors": list(loaded.colors),
         "stride": stride,
@@ -368,9 +445,19 @@ def classify_region(
                         "s1": b.split(",") if b else []}
                        for t, a, b in zip(np.datetime_as_string(times, unit="D"), s2_ids,
                                           s1_ids, strict=True)],
-        "request": {**request.to_dict(), "resolution": opts.resolution, "stride": stride,
-                    "patch_size": patch, "epsg": grid.epsg},
+        # Every item the chunks chose from (a chunk pairs its dates with the Sentinel-1
+        # passes that reach it): what a reprocess fetches, to read the same inputs.
+        "stac_inputs": {"s2": [str(i["id"]) for i in scenes.s2],
+                        "s1": [str(i["id"]) for i in scenes.s1]},
+        "request": job.request_attrs(),
     }
+    if scenes.settings is not None:
+        # What pinning needs besides the ids: where they came from (no credentials).
+        cat = CatalogSettings.coerce(scenes.settings)
+        attrs["stac_catalog"] = {"url": strip_secrets(cat.url),
+                                 "s2_collection": cat.s2_collection,
+                                 "s1_collection": cat.s1_collection}
+    attrs.update(extra_attrs or {})
 
     temp_dir: str | None = None
     if out is None:
@@ -378,20 +465,23 @@ def classify_region(
         store_path = os.path.join(temp_dir, "map.zarr")
     else:
         store_path = os.fspath(out)
+    policy, opts = job.policy, job.opts
     spec = _TaskSpec(store_path=store_path, stride=stride,
                      batch_size=opts.batch_size, device=opts.device,
-                     n_classes=len(loaded.classes), retry=policy, clock=clock,
+                     n_classes=len(loaded.classes), retry=policy, clock=job.clock,
                      io_threads=policy.threads_for(assets_are_local([*scenes.s2, *scenes.s1])),
                      gdal=gdal_settings(policy),
                      session=f"{store_path}@{os.getpid()}.{time.time_ns()}",
-                     storage_options=dict(storage_options) if storage_options else None)
+                     storage_options=dict(storage_options) if storage_options else None,
+                     chunk_hook=chunk_hook)
     try:
         cl = session.get_client(client, n_workers=opts.n_workers, gdal=spec.gdal,
                                 # A busy scheduler's handshake is slower than an HTTP answer.
-                                timeout=max(policy.timeout_s, 5.0), clock=clock)
+                                timeout=max(policy.timeout_s, 5.0), clock=job.clock)
         with auto_progress(progress) as show:
-            return _run(plan, scenes, times, attrs, spec, model_bytes, cl, show, grid,
-                        t_start, in_memory=temp_dir is not None, overwrite=overwrite)
+            return _run(plan, scenes, times, attrs, spec, job.model_bytes, cl, show, job.grid,
+                        job.t_start, in_memory=temp_dir is not None, overwrite=overwrite,
+                        variables=variables)
     finally:
         if temp_dir is not None:
             shutil.rmtree(temp_dir, ignore_errors=True)
@@ -399,10 +489,11 @@ def classify_region(
 
 def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], spec: _TaskSpec,
          model_bytes: Any, client: Any, progress: ProgressCallback | None, grid: Any,
-         t_start: float, *, in_memory: bool, overwrite: bool) -> xr.Dataset:
+         t_start: float, *, in_memory: bool, overwrite: bool,
+         variables: Sequence[str] | None = None) -> xr.Dataset:
 
     from geoflow._cluster import prepare_cluster
-    from geoflow.store import MapStore
+    from geoflow.store import DEFAULT_VARIABLES, MapStore
 
     store_path, clock = spec.store_path, spec.clock
     km2_per_chunk = {c.id: _chunk_km2(c, plan) for c in plan.chunks}
@@ -415,6 +506,7 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], spec:
              time.perf_counter() - t_start)
     store = MapStore.open_or_create(store_path, map_grid=plan.map_grid, times=times,
                                     chunk_shape=plan.chunk_shape, attrs=attrs,
+                                    variables=tuple(variables or DEFAULT_VARIABLES),
                                     overwrite=overwrite, storage_options=spec.storage_options)
     # Done chunks are verified against what the ledger recorded of their writes; a
     # missing or damaged one is computed again.

@@ -11,6 +11,8 @@ Layout of a store at ``PATH`` (a directory)::
     PATH/cloud_fraction/ ...        (time, y, x) uint8 0-255 (255 * cloudy share of the patch)
     PATH/summary_class/ ...         (y, x) uint8, 255 = no data: the period's summary
     PATH/summary_confidence/ ...    (y, x) uint8 0-255
+    PATH/changed/ ...               (y, x) uint8, only in reprocessed maps: 1 summary class
+                                    changed, 0 same, 255 not valid in both maps
     PATH/_geoflow_ledger/           a Zarr group (so Zarr and xarray ignore it quietly) holding
         store.json                  what the store was made for (grid, dates, request, model)
         done/<chunk id>.json        one file per chunk whose write completed, with the size and
@@ -115,11 +117,20 @@ TIME_VARIABLES: dict[str, int | None] = {
 #: Period summaries (y, x).
 SUMMARY_VARIABLES: dict[str, int | None] = {"summary_class": 255, "summary_confidence": None}
 DEFAULT_VARIABLES: tuple[str, ...] = (*TIME_VARIABLES, *SUMMARY_VARIABLES)
+#: Variables (y, x) a store has only when asked for (``variables=``): ``changed`` is written
+#: by :func:`geoflow.reprocess.reprocess`: 1 where the summary class differs from the map the
+#: store supersedes, 0 where it is the same, 255 where either map has no data.
+OPTIONAL_VARIABLES: dict[str, int | None] = {"changed": 255}
+#: Every variable a store may have, with its fill value.
+ALL_VARIABLES: dict[str, int | None] = {**TIME_VARIABLES, **SUMMARY_VARIABLES,
+                                        **OPTIONAL_VARIABLES}
 #: What each variable holds where no scene has data (:meth:`MapStore.empty_chunk`): no class,
-#: no confidence, no SAR weight, and a fully "cloudy" (unseen) optical view.
+#: no confidence, no SAR weight, a fully "cloudy" (unseen) optical view, and no comparison.
 EMPTY_VALUES: dict[str, int] = {"class": 255, "confidence": 0, "sar_weight": 0,
                                 "cloud_fraction": 255, "summary_class": 255,
-                                "summary_confidence": 0}
+                                "summary_confidence": 0, "changed": 255}
+#: Flag values of the ``changed`` layer.
+CHANGED_FLAGS: dict[str, int] = {"same": 0, "changed": 1, "not_compared": 255}
 #: Version of the done-entry layout: 2 records each chunk object's size and sha256.
 LEDGER_VERSION = 2
 
@@ -130,7 +141,15 @@ _DESCRIPTIONS = {
     "cloud_fraction": "cloudy share of the patch from SCL, 0-255 = 0-1 (255 also: no optical)",
     "summary_class": "scene class over the period, confidence-weighted vote (255: no data)",
     "summary_confidence": "confidence of the summary class, 0-255 = 0-1",
+    "changed": "summary class differs from the superseded map (1), is the same (0), or is not "
+               "valid in both (255)",
 }
+#: Root attributes of provenance a store may carry besides the required ones (see
+#: :meth:`MapStore.open_or_create`): the catalog the items came from (``url`` without
+#: secrets, ``s2_collection``, ``s1_collection``), every item the run's chunks chose from
+#: (``stac_inputs``: ``s2`` and ``s1`` ids), the model's name, and the store a
+#: reprocessed map supersedes (``store``, ``model_version``, ``model_checksum``, ``created``).
+PROVENANCE_ATTRS = ("stac_catalog", "stac_inputs", "model_name", "supersedes")
 # Attributes that change from run to run; left out of digest() so two runs compare equal.
 VOLATILE_ATTRS = ("created", "run")
 _SECRET_KEY = re.compile(r"(token|secret|password|passwd|api[_-]?key|access[_-]?key|signature|"
@@ -540,11 +559,12 @@ class MapStore:
             dates, grid, options) and ``model_version``. Compared on reopen: ``request``,
             ``model_version``, ``model_checksum``. Recommended: ``model_checksum``,
             ``classes``, ``class_colors`` (``"#rrggbb"``), ``stac_items`` (per date: ids of
-            the S2 and S1 items). Anything else is stored as given. URLs lose their query
-            strings and keys that look like secrets are dropped.
+            the S2 and S1 items), and the fields of :data:`PROVENANCE_ATTRS` (the catalog,
+            the model's name, the superseded store). Anything else is stored as given. URLs
+            lose their query strings and keys that look like secrets are dropped.
         variables
             Data variables to create (default: the four per-date variables and the two
-            summaries).
+            summaries; :data:`OPTIONAL_VARIABLES` such as ``changed`` only when named).
         overwrite
             Replace an existing geoflow map store at ``path`` (never anything else).
         storage_options
@@ -571,10 +591,10 @@ class MapStore:
             raise StoreError("map store attrs need 'request' and 'model_version'",
                              hint="pass attrs={'request': {...}, 'model_version': model.version, "
                                   "...}")
-        unknown = [v for v in variables if v not in TIME_VARIABLES and v not in SUMMARY_VARIABLES]
+        unknown = [v for v in variables if v not in ALL_VARIABLES]
         if unknown or not variables:
             raise StoreError(f"unknown map variables {unknown or '(none given)'}",
-                             hint=f"choose from {', '.join(DEFAULT_VARIABLES)}")
+                             hint=f"choose from {', '.join(ALL_VARIABLES)}")
         times_idx = _times_index(times)
         if len(times_idx) == 0:
             raise StoreError("a map store needs at least one date",
@@ -620,7 +640,7 @@ class MapStore:
         data_vars = {}
         encoding: dict[str, dict[str, Any]] = {}
         for name in self.variables:
-            fill = TIME_VARIABLES.get(name, SUMMARY_VARIABLES.get(name))
+            fill = ALL_VARIABLES[name]
             dims: tuple[str, ...]
             shape: tuple[int, ...]
             chunks: tuple[int, ...]
@@ -631,7 +651,10 @@ class MapStore:
             # Lazy: compute=False writes metadata only, never these values.
             data = da.full(shape, 0 if fill is None else fill, dtype="uint8", chunks=chunks)
             var_attrs: dict[str, Any] = {"long_name": _DESCRIPTIONS[name]}
-            if name.endswith("class") and classes:
+            if name == "changed":
+                var_attrs["flag_values"] = list(CHANGED_FLAGS.values())
+                var_attrs["flag_meanings"] = " ".join(CHANGED_FLAGS)
+            elif name.endswith("class") and classes:
                 var_attrs["flag_values"] = list(range(len(classes)))
                 var_attrs["flag_meanings"] = " ".join(c.replace(" ", "_") for c in classes)
                 if colors:
@@ -1252,5 +1275,6 @@ def _geoflow_version() -> str:
     return __version__
 
 
-__all__ = ["DEFAULT_VARIABLES", "EMPTY_VALUES", "SUMMARY_VARIABLES", "TIME_VARIABLES",
+__all__ = ["ALL_VARIABLES", "CHANGED_FLAGS", "DEFAULT_VARIABLES", "EMPTY_VALUES",
+           "OPTIONAL_VARIABLES", "PROVENANCE_ATTRS", "SUMMARY_VARIABLES", "TIME_VARIABLES",
            "MapStore", "open_map", "verify_store"]

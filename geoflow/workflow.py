@@ -371,7 +371,9 @@ def load_workflow(path: str | os.PathLike[str]) -> Workflow:
 def run_workflow(workflow: Workflow | str | os.PathLike[str], *, client: Any = None,
                  progress: Any = None, today: date | None = None,
                  retry: RetryPolicy | None = None) -> Any:
-    """Run a spec: :func:`geoflow.classify_region` with the spec's region, settings and cluster.
+    """Run a spec: :func:`geoflow.classify_region` with the spec's region, settings and cluster,
+    or, with a ``reprocess:`` section, :func:`geoflow.reprocess.reprocess` of the previous map
+    with the spec's model into ``out`` (and the change report into ``report``).
 
     Parameters
     ----------
@@ -390,26 +392,34 @@ def run_workflow(workflow: Workflow | str | os.PathLike[str], *, client: Any = N
     Returns
     -------
     xarray.Dataset
-        The map, as :func:`geoflow.classify_region` returns it.
+        The map, as :func:`geoflow.classify_region` returns it (reprocessing: with
+        ``changed`` and ``attrs["change_report"]``).
 
     Examples
     --------
     >>> ds = run_workflow("workflows/demo.yaml")   # doctest: +SKIP
     """
     wf = workflow if isinstance(workflow, Workflow) else load_workflow(workflow)
-    if wf.reprocess is not None:
-        raise RequestError(f"{wf.source}: this geoflow cannot compare with a previous map yet "
-                           "('reprocess' section)",
-                           hint="remove the 'reprocess' section to write the new model's map to "
-                                "'out' (the previous store stays untouched)")
-    from geoflow.regional import classify_region
-
-    bbox, dates = wf.region(today)
     kwargs = wf.classify_kwargs(today)
     if client is not None:
         kwargs["client"] = client
     if retry is not None:
         kwargs["retry"] = retry
+    if wf.reprocess is not None:
+        # The previous map fixes region, dates, grid and inputs: the spec's model, out,
+        # catalog (where to fetch the pinned items), cluster and retry apply.
+        from geoflow.reprocess import reprocess
+
+        if kwargs["out"] is None:
+            raise RequestError(f"{wf.source}: reprocessing needs 'out' for the new map",
+                               hint="add e.g. 'out: maps/{name}-{start}-{end}.zarr'")
+        return reprocess(wf.reprocess.previous, model=str(wf.model), out=kwargs["out"],
+                         report=wf.reprocess.report, catalog=kwargs["catalog"],
+                         client=kwargs["client"], n_workers=kwargs["n_workers"],
+                         retry=kwargs["retry"], progress=progress)
+    from geoflow.regional import classify_region
+
+    bbox, dates = wf.region(today)
     return classify_region(bbox, dates, progress=progress, **kwargs)
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from geoflow.errors import RequestError
+from geoflow.errors import RequestError, StoreError
 from geoflow.workflow import Workflow, load_workflow, run_workflow
 
 WORKFLOWS = Path(__file__).resolve().parents[1] / "workflows"
@@ -50,7 +50,9 @@ def test_reprocess_spec_names_previous_store_and_new_model():
     assert wf.reprocess is not None
     assert wf.reprocess.previous.endswith(".zarr") and wf.model.endswith(".safetensors")
     assert wf.out_path() != wf.reprocess.previous
-    with pytest.raises(RequestError, match="cannot compare with a previous map"):
+    # The section runs geoflow.reprocess, which reads the previous store first (none here).
+    with pytest.raises(StoreError, match=r"example-region-2024-06-01-2024-06-30\.zarr is "
+                                         r"not a geoflow map store"):
         run_workflow(wf)
 
 
