@@ -7,6 +7,8 @@ The public API is small:
 - :func:`geoflow.open_map` opens a map store (path or URL) as stored: uint8 classes with 255
   for no data, CRS decoded;
 - :func:`geoflow.plot` draws such a map with its legend;
+- :func:`geoflow.reprocess` maps a map's region again with a new model (the same input
+  items), into a new store, with a report of what changed;
 - :class:`geoflow.GeoflowError` is the root of every error geoflow raises on purpose.
 
 Heavy modules (torch, dask) are imported lazily so ``import geoflow`` stays fast.
@@ -28,6 +30,7 @@ _LAZY = {
     "classify_region": ("geoflow.regional", "classify_region"),
     "open_map": ("geoflow.store", "open_map"),
     "plot": ("geoflow._plot", "plot"),
+    "reprocess": ("geoflow.reprocess", "reprocess"),
 }
 
 
@@ -40,4 +43,4 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'geoflow' has no attribute {name!r}")
 
 
-__all__ = ["GeoflowError", "__version__", "classify_region", "open_map", "plot"]
+__all__ = ["GeoflowError", "__version__", "classify_region", "open_map", "plot", "reprocess"]

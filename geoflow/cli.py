@@ -399,6 +399,57 @@ def run_cmd(
     _report_run(ds, wf.out_path(), as_json)
 
 
+# --------------------------------------------------------------------------- reprocess
+
+
+@app.command("reprocess")
+def reprocess_cmd(
+    store: str = typer.Argument(..., help="The previous map (path or URL); only read."),
+    model: str = typer.Option(..., "--model", help="The new model's checkpoint."),
+    out: str = typer.Option(..., "--out", help="The new map's store; rerun to resume."),
+    report: Path | None = typer.Option(None, "--report", help="Write the change report "
+                                       "(JSON) here, and its PNG next to it."),
+    catalog: str | None = typer.Option(None, "--catalog", help="STAC API to fetch the pinned "
+                                       "items from (default: the one the map recorded)."),
+    research: bool = typer.Option(False, "--research", help="Search the catalog again instead "
+                                  "of reading the pinned items."),
+    scheduler: str | None = typer.Option(None, "--scheduler",
+                                         help="Dask scheduler address (default: LocalCluster)."),
+    workers: str | None = _WORKERS,
+    device: str | None = typer.Option(None, "--device", help="auto, cpu, cuda or cuda:N."),
+    retries: str | None = _RETRIES,
+    timeout: str | None = _TIMEOUT,
+    deadline: str | None = _DEADLINE,
+    io_threads: str | None = _IO_THREADS,
+    backoff: str | None = _BACKOFF,
+    as_json: bool = typer.Option(False, "--json", help="Print the change report as JSON only."),
+) -> None:
+    """Map a map's region again with a new model, from the same input items, into a new
+    store (the previous one stays as it is), and report what changed."""
+    from geoflow._progress import RunProgress
+    from geoflow.reprocess import reprocess
+
+    policy = _policy(retries, timeout, deadline, io_threads, backoff)
+    with RunProgress(enabled=not as_json) as bar:
+        ds = reprocess(store, model=model, out=out, report=report, catalog=catalog,
+                       research=research, client=scheduler,
+                       n_workers=workers,  # type: ignore[arg-type]
+                       device=device, progress=bar, retry=policy)
+    rep = ds.attrs["change_report"]
+    if as_json:
+        _print_json(rep)
+        return
+    _report_run(ds, out, False)
+    frac = rep["changed_fraction"]
+    typer.echo(f"changed: {rep['changed_pixels']} of {rep['compared_pixels']} summary pixels "
+               f"({100 * (frac or 0):.2f} %), model {rep['previous_model']['version']} -> "
+               f"{rep['model']['version']}")
+    if report is not None:
+        typer.echo(f"report:  {report}")
+    if rep.get("png"):
+        typer.echo(f"png:     {rep['png']}")
+
+
 @app.command("demo")
 def demo_cmd(
     workers: int | None = typer.Option(None, "--workers", help="LocalCluster workers."),

@@ -187,10 +187,12 @@ class RunReport:
 
 def _model_meta(model: str | os.PathLike[str] | None) -> tuple[Any, Any]:
     """The checkpoint's bytes (what the workers get) and the model loaded here (metadata)."""
-    from geoflow.model import DEFAULT_CHECKPOINT, load
+    from geoflow.model import load
     from geoflow.model.checkpoint import CheckpointBytes
+    from geoflow.model.registry import resolve_model
 
-    loaded = load(str(model) if model is not None else str(DEFAULT_CHECKPOINT), device="cpu")
+    # A path, a registry name (NAME, NAME@VERSION) or None (the shipped demo weights).
+    loaded = load(resolve_model(model), device="cpu")
     return CheckpointBytes.from_path(loaded.path), loaded
 
 
@@ -545,6 +547,14 @@ def _run(plan: Any, scenes: Any, times: np.ndarray, attrs: dict[str, Any], spec:
             hint="fix the cause (often an unreachable asset) and rerun the same command with the "
                  "same --out: only failed chunks are computed again",
         )
+    if not in_memory:
+        # The finished map as a STAC Item beside the store; a reprocessed map links the map
+        # it supersedes.
+        from geoflow.stac_maps import item_path, write_map_item
+
+        previous = (attrs.get("supersedes") or {}).get("store")
+        write_map_item(store, storage_options=spec.storage_options,
+                       previous=item_path(previous) if previous else None)
     # Raw uint8 as written (255 = no data): classes stay integer codes, not floats with NaN.
     # Through the store, so that URLs with storage options open too.
     ds = store.dataset(mask_and_scale=False)

@@ -421,6 +421,8 @@ CASES: list[Case] = [
     Case("model-missing", "checkpoint", lambda t, w: _cli(
         ["classify", "--bbox", BBOX, "--dates", DATES, "--out", "x.zarr", "--model",
          str(t / "nope.safetensors")]), 2, "nope"),
+    Case("model-unknown-registry-name", "checkpoint", lambda t, w: _classify(
+        "--model", "nosuchmodel@v9"), 2, "nosuchmodel.*demo"),
     Case("model-truncated", "checkpoint", _load_model, CheckpointError, "truncated|corrupt|read",
          setup=_model_damage(lambda p: p.write_bytes(p.read_bytes()[:1000]))),
     Case("model-tampered", "checkpoint", _load_model, CheckpointError, "checksum",

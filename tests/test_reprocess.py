@@ -205,6 +205,29 @@ def test_new_store_keeps_grid_request_dates_and_pinned_items(previous, reprocess
     assert ds.attrs["run"]["chunks_total"] == ds.attrs["run"]["chunks_computed"]
 
 
+def test_both_maps_are_stac_items_and_the_new_one_links_the_old(previous, reprocessed):
+    """Every finished map writes its Item beside the store; a reprocessed map's Item points
+    at the Item of the map it supersedes."""
+    import json
+
+    from geoflow.stac_maps import item_path, validate_offline
+
+    old_item = json.loads(Path(item_path(previous[0])).read_text())
+    new_item = json.loads(Path(item_path(reprocessed[0])).read_text())
+    assert old_item["properties"]["geoflow:model"]["checksum"] == \
+        _raw(previous[0]).attrs["model_checksum"]
+    links = [link["href"] for link in new_item["links"] if link["rel"] == "predecessor-version"]
+    assert links and links[0].endswith(Path(item_path(previous[0])).name)
+    assert new_item["properties"]["geoflow:model"]["checksum"] != \
+        old_item["properties"]["geoflow:model"]["checksum"]
+    import pystac
+
+    # Invalid Items raise; the core schema (shipped with pystac) must have been checked.
+    checked = validate_offline(pystac.Item.from_dict(new_item))
+    assert any(uri.endswith("item-spec/json-schema/item.json") and ok
+               for uri, ok in checked.items()), checked
+
+
 def test_png_shows_the_changes(reprocessed):
     _, report_path, ds = reprocessed
     png = Path(ds.attrs["change_report"]["png"])
