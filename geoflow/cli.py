@@ -404,11 +404,21 @@ def run_cmd(
 
 @app.command("reprocess")
 def reprocess_cmd(
-    store: str = typer.Argument(..., help="The previous map (path or URL); only read."),
+    store: str = typer.Argument(..., help="The previous map (path or URL), or a maps "
+                                "catalog (catalog.json, or any STAC Catalog .json) to "
+                                "reprocess the maps of; only read."),
     model: str = typer.Option(..., "--model", help="The new model's checkpoint."),
-    out: str = typer.Option(..., "--out", help="The new map's store; rerun to resume."),
-    report: Path | None = typer.Option(None, "--report", help="Write the change report "
-                                       "(JSON) here, and its PNG next to it."),
+    out: str | None = typer.Option(None, "--out", help="One store: the new map's store; "
+                                   "rerun to resume."),
+    out_dir: Path | None = typer.Option(None, "--out-dir", help="A catalog: the directory "
+                                        "for the new stores, their reports, summary.json "
+                                        "and catalog.json; rerun to resume."),
+    where: list[str] | None = typer.Option(None, "--where", help="A catalog: which maps, "
+                                           "model=NAME[@VERSION] and/or bbox=W,S,E,N; "
+                                           "repeat it or separate clauses with commas "
+                                           "(all must hold). Default: every map."),
+    report: Path | None = typer.Option(None, "--report", help="One store: write the change "
+                                       "report (JSON) here, and its PNG next to it."),
     catalog: str | None = typer.Option(None, "--catalog", help="STAC API to fetch the pinned "
                                        "items from (default: the one the map recorded)."),
     research: bool = typer.Option(False, "--research", help="Search the catalog again instead "
@@ -422,14 +432,68 @@ def reprocess_cmd(
     deadline: str | None = _DEADLINE,
     io_threads: str | None = _IO_THREADS,
     backoff: str | None = _BACKOFF,
-    as_json: bool = typer.Option(False, "--json", help="Print the change report as JSON only."),
+    as_json: bool = typer.Option(False, "--json", help="Print the change report (a catalog: "
+                                 "the summary) as JSON only."),
 ) -> None:
     """Map a map's region again with a new model, from the same input items, into a new
-    store (the previous one stays as it is), and report what changed."""
+    store (the previous one stays as it is), and report what changed.
+
+    Given a maps catalog instead of a store, reprocess every map it selects (--where) on one
+    cluster into --out-dir: one store and change report per map, summary.json and a
+    catalog.json of the new maps. Maps made by the new model already are skipped; a rerun
+    skips finished maps and resumes the others; exit 1 if any map failed.
+    """
     from geoflow._progress import RunProgress
-    from geoflow.reprocess import reprocess
+    from geoflow.errors import RequestError, RunFailedError
+    from geoflow.reprocess import reprocess, reprocess_catalog
+
+    # A catalog is a local .json (named catalog.json, or a STAC Catalog); a store never is.
+    is_catalog = store.endswith(".json") and "://" not in store
+    if is_catalog:
+        for given, flag, why in ((out, "--out", "each map's new store goes to "
+                                  "--out-dir/NAME.zarr"),
+                                 (report, "--report", "each map's report goes to "
+                                  "--out-dir/NAME-changes.json")):
+            if given is not None:
+                raise RequestError(f"{flag} is for one store; {store} is a catalog ({why})",
+                                   hint=f"geoflow reprocess {store} --model MODEL "
+                                        "--out-dir DIR [--where model=NAME@VERSION]")
+        if out_dir is None:
+            raise RequestError(f"reprocessing the maps of catalog {store} needs --out-dir",
+                               hint=f"geoflow reprocess {store} --model MODEL --out-dir DIR "
+                                    "[--where model=NAME@VERSION]")
+    else:
+        for catalog_only, flag in ((out_dir is not None, "--out-dir"),
+                                   (bool(where), "--where")):
+            if catalog_only:
+                raise RequestError(f"{flag} is for a maps catalog (CATALOG.json); {store} is "
+                                   "one store", hint=f"geoflow reprocess {store} --model MODEL "
+                                                     "--out NEW_STORE")
+        if out is None:
+            raise RequestError(f"reprocessing the store {store} needs --out (the new store)",
+                               hint=f"geoflow reprocess {store} --model MODEL --out NEW_STORE; "
+                                    "or give a CATALOG.json with --out-dir")
 
     policy = _policy(retries, timeout, deadline, io_threads, backoff)
+    if is_catalog:
+        assert out_dir is not None  # checked above
+        try:
+            with RunProgress(enabled=not as_json) as bar:
+                summary = reprocess_catalog(store, model=model, out_dir=out_dir, where=where,
+                                            client=scheduler, stac_catalog=catalog,
+                                            research=research,
+                                            n_workers=workers,  # type: ignore[arg-type]
+                                            device=device, progress=bar, retry=policy)
+        except RunFailedError:
+            # Some maps failed: show what was done too, then exit 1 through main().
+            path = out_dir / "summary.json"
+            if path.is_file():
+                _print_catalog_summary(json.loads(path.read_text()), as_json)
+            raise
+        _print_catalog_summary(summary, as_json)
+        return
+
+    assert out is not None  # checked above
     with RunProgress(enabled=not as_json) as bar:
         ds = reprocess(store, model=model, out=out, report=report, catalog=catalog,
                        research=research, client=scheduler,
@@ -448,6 +512,21 @@ def reprocess_cmd(
         typer.echo(f"report:  {report}")
     if rep.get("png"):
         typer.echo(f"png:     {rep['png']}")
+
+
+def _print_catalog_summary(summary: dict[str, Any], as_json: bool) -> None:
+    """The archive summary of ``reprocess CATALOG.json``: JSON, or one line per map."""
+    if as_json:
+        _print_json(summary)
+        return
+    for row in summary["maps"]:
+        frac = row.get("changed_fraction")
+        detail = (f"{100 * frac:.2f} % changed -> {row['out']}" if frac is not None
+                  else row.get("reason") or "")
+        typer.echo(f"{row['status']:8} {row['id']}: {detail}")
+    c = summary["counts"]
+    typer.echo(f"{c['done']} done, {c['skipped']} skipped, {c['failed']} failed of "
+               f"{c['selected']} maps; summary: {summary['out_dir']}/summary.json")
 
 
 @app.command("demo")

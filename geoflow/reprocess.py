@@ -313,6 +313,357 @@ def reprocess(
     return ds
 
 
+# --------------------------------------------------------------------------- an archive
+#: Keys of a ``where`` selection (:func:`parse_where`).
+WHERE_KEYS = ("model", "bbox")
+
+
+def parse_where(where: str | Sequence[str] | None) -> dict[str, Any]:
+    """Parse a map selection: ``model=NAME[@VERSION]`` and/or ``bbox=W,S,E,N``.
+
+    Clauses come as several strings (a repeated ``--where``) or comma-separated in one;
+    the commas inside a bbox belong to it (a part without ``=`` continues the clause
+    before it).
+
+    Parameters
+    ----------
+    where
+        ``None``, a string, or a sequence of strings.
+
+    Returns
+    -------
+    dict
+        ``model`` (str) and/or ``bbox`` (tuple of 4 floats), for
+        :func:`geoflow.stac_maps.find_maps`.
+
+    Raises
+    ------
+    RequestError
+        An unknown key, a clause without ``=``, an empty value, a key given twice, or a bbox
+        that is not four numbers W < E, S < N in degrees.
+
+    Examples
+    --------
+    >>> parse_where("model=student_irm@v2,bbox=10.4,53.9,10.7,54.1")
+    {'model': 'student_irm@v2', 'bbox': (10.4, 53.9, 10.7, 54.1)}
+    >>> parse_where(["model=student_irm"])
+    {'model': 'student_irm'}
+    >>> parse_where("cloud=10")  # doctest: +ELLIPSIS
+    Traceback (most recent call last):
+    ...
+    geoflow.errors.RequestError: unknown --where key 'cloud' in 'cloud=10'. Fix: ...
+    """
+    if where is None:
+        return {}
+    texts = [where] if isinstance(where, str) else list(where)
+    example = "--where model=student_irm@VERSION --where bbox=10.4,53.9,10.7,54.1"
+    clauses: list[list[str]] = []
+    for text in texts:
+        if not isinstance(text, str):
+            raise RequestError(f"a --where clause must be text, got {type(text).__name__}",
+                               hint=f"write e.g. {example}")
+        for part in text.split(","):
+            part = part.strip()
+            if "=" in part:
+                clauses.append(part.split("=", 1))
+            elif clauses and part:
+                clauses[-1][1] += "," + part  # the next number of a bbox
+            else:
+                raise RequestError(f"--where clause {part or text!r} is not KEY=VALUE",
+                                   hint=f"keys are {', '.join(WHERE_KEYS)}; e.g. {example}")
+    out: dict[str, Any] = {}
+    for key, value in ((k.strip().lower(), v.strip()) for k, v in clauses):
+        if key not in WHERE_KEYS:
+            raise RequestError(f"unknown --where key {key!r} in '{key}={value}'",
+                               hint=f"select maps by {' and/or '.join(WHERE_KEYS)}: {example}")
+        if key in out:
+            raise RequestError(f"--where {key} is given twice ({out[key]!r} and {value!r})",
+                               hint="give each key once; all clauses must hold")
+        if not value:
+            raise RequestError(f"--where {key}= has no value", hint=f"e.g. {example}")
+        if key == "model":
+            if value.startswith("@") or value.endswith("@"):
+                raise RequestError(f"--where model={value}: not NAME or NAME@VERSION",
+                                   hint="e.g. model=student_irm or "
+                                        "model=student_irm@student_irm-20261124T122353-96c94eb2")
+            out[key] = value
+        else:
+            out[key] = _where_bbox(value)
+    return out
+
+
+def _where_bbox(value: str) -> tuple[float, float, float, float]:
+    hint = "bbox=W,S,E,N in degrees, e.g. bbox=10.4,53.9,10.7,54.1"
+    try:
+        nums = tuple(float(v) for v in value.split(","))
+    except ValueError:
+        raise RequestError(f"--where bbox={value}: not four numbers", hint=hint) from None
+    if len(nums) != 4 or not all(np.isfinite(nums)):
+        raise RequestError(f"--where bbox={value}: not four numbers", hint=hint)
+    w, s, e, n = nums
+    if not (-180 <= w < e <= 180 and -90 <= s < n <= 90):
+        raise RequestError(f"--where bbox={value}: needs -180 <= W < E <= 180 and "
+                           "-90 <= S < N <= 90", hint=hint)
+    return w, s, e, n
+
+
+def _open_catalog(catalog: str | os.PathLike[str]) -> Path:
+    """The catalog file, checked to be a STAC Catalog (or Collection) before any work."""
+    path = Path(catalog)
+    hint = ("pass the catalog.json of a maps catalog (made by geoflow.stac_maps."
+            "add_to_catalog), or reprocess one store with --out")
+    if not path.is_file():
+        raise RequestError(f"the maps catalog {path} does not exist", hint=hint)
+    try:
+        doc = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise RequestError(f"{path} is not a readable JSON file ({err})", hint=hint) from None
+    if not isinstance(doc, dict) or doc.get("type") not in ("Catalog", "Collection"):
+        kind = doc.get("type") if isinstance(doc, dict) else type(doc).__name__
+        raise RequestError(f"{path} is not a STAC Catalog (type {kind!r})", hint=hint)
+    return path
+
+
+def _store_of(item: Any) -> str:
+    asset = item.assets.get("zarr")
+    if asset is None:
+        raise StoreError(f"the catalog's Item {item.id} has no 'zarr' asset",
+                         hint="select maps made by geoflow (their Items name the store)")
+    return str(asset.get_absolute_href() or asset.href)
+
+
+def _store_name(url: str) -> str:
+    """``kiel.zarr`` of ``/maps/kiel.zarr`` or ``s3://bucket/kiel.zarr/``."""
+    return url.rstrip("/").rsplit("/", 1)[-1]
+
+
+def _done_already(out: Path, report: Path, prev_url: str, checksum: str,
+                  storage_options: Mapping[str, Any] | None) -> dict[str, Any] | None:
+    """The change report of a map a previous run of the same command finished, or None.
+
+    Finished means: the new store verifies complete (every chunk against its ledger), was
+    made by the target model from this very previous map, and its report is there.
+    """
+    from geoflow.store import MapStore
+
+    if not (out.exists() and report.is_file()):
+        return None
+    try:
+        new = MapStore.open(str(out), storage_options)
+        attrs = new.attrs
+        if (attrs.get("model_checksum") != checksum
+                or (attrs.get("supersedes") or {}).get("store") != strip_secrets(prev_url)
+                or not new.verify()["complete"]):
+            return None
+        rep = json.loads(report.read_text())
+    except (StoreError, OSError, ValueError):
+        return None  # anything unexpected: let reprocess resume (or refuse) it
+    return rep if isinstance(rep, dict) else None
+
+
+def _write_json(path: Path, doc: Any) -> None:
+    """Replace ``path`` whole (a reader never sees half a summary)."""
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
+    os.replace(tmp, path)
+
+
+def reprocess_catalog(
+    catalog: str | os.PathLike[str],
+    *,
+    model: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    where: str | Sequence[str] | None = None,
+    client: Any = None,
+    stac_catalog: Any = None,
+    research: bool = False,
+    n_workers: int | None = None,
+    batch_size: int | None = None,
+    device: str | None = None,
+    progress: Any = "auto",
+    retry: Any = None,
+    storage_options: Mapping[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Reprocess every map of a maps catalog (selected by ``where``) with a new model.
+
+    All maps run on one Dask client, one map after the other (each map's chunks fill the
+    cluster). Each map ``.../NAME.zarr`` becomes ``out_dir/NAME.zarr`` with its change report
+    ``out_dir/NAME-changes.json`` (and ``.png``); the new maps' Items go into
+    ``out_dir/catalog.json``; ``out_dir/summary.json`` lists the maps done, skipped and
+    failed. A map made by the target model already (same checksum) is skipped, as is one a
+    previous run of the same command finished (its new store verifies, its report is there);
+    an unfinished one resumes. So rerunning the same command resumes the archive.
+
+    Parameters
+    ----------
+    catalog
+        A maps catalog's ``catalog.json`` (:func:`geoflow.stac_maps.add_to_catalog`), or any
+        STAC Catalog / Collection JSON whose Items are geoflow maps. Only read.
+    model
+        The new model (checkpoint path or registry ``NAME[@VERSION]``).
+    out_dir
+        Local directory for the new stores, reports, summary and catalog.
+    where
+        Which maps: ``model=NAME[@VERSION]`` (made by that model) and/or ``bbox=W,S,E,N``
+        (intersecting it), as one comma-separated string or a sequence (all must hold);
+        default every map of the catalog. See :func:`parse_where`.
+    client
+        A ``distributed.Client`` or scheduler address; default as
+        :func:`geoflow.classify_region`. Resolved once; every map uses it.
+    stac_catalog, research
+        As ``catalog`` and ``research`` of :func:`reprocess`, for every map.
+    n_workers, batch_size, device, progress, retry, storage_options
+        As for :func:`reprocess`. A ``retry`` deadline holds for the whole archive.
+
+    Returns
+    -------
+    dict
+        The summary (also ``out_dir/summary.json``): ``catalog``, ``where``, ``model``
+        (name, version, checksum), ``counts`` (``selected``, ``done``, ``skipped``,
+        ``failed``), ``maps`` (one entry per selected map: ``id``, ``store``, ``out``,
+        ``status`` = done / skipped / failed, ``reason`` for skipped and failed,
+        ``report``, ``png``, ``changed_fraction``, ``changed_pixels``,
+        ``compared_pixels``, ``seconds``), ``out_catalog`` and ``seconds``.
+
+    Raises
+    ------
+    RequestError
+        A bad ``where``, a ``catalog`` that is not a STAC Catalog, or two selected maps with
+        the same store name (they would share ``out_dir/NAME``).
+    RunFailedError
+        Some maps failed (``failures``: Item id -> reason); the others are done and the
+        summary is written. Rerun the same call to retry them.
+    DeadlineError
+        The deadline passed; the summary so far is written, rerun to resume.
+
+    Examples
+    --------
+    >>> from geoflow.reprocess import reprocess_catalog
+    >>> s = reprocess_catalog("maps/catalog.json", model="student_irm@v2",
+    ...                       out_dir="maps-v2", where="model=student_irm@v1")  # doctest: +SKIP
+    >>> s["counts"]  # doctest: +SKIP
+    {'selected': 12, 'done': 11, 'skipped': 1, 'failed': 0}
+    """
+    from geoflow import session
+    from geoflow._cluster import gdal_settings
+    from geoflow.errors import DeadlineError, GeoflowError, RunFailedError
+    from geoflow.regional import _model_meta, _model_name
+    from geoflow.retry import RetryPolicy, short_error
+    from geoflow.stac_maps import add_to_catalog, find_maps, item_path
+
+    t_start = time.perf_counter()
+    session.check_not_reimported()
+    if model is None:
+        raise RequestError("reprocessing needs the new model", hint="pass --model PATH")
+    # Everything that can be wrong with the command is checked before any map is touched.
+    selection = parse_where(where)
+    catalog_path = _open_catalog(catalog)
+    policy = RetryPolicy.coerce(retry)
+    clock = policy.start()  # one deadline for the whole archive, not one per map
+    items = find_maps(catalog_path, model=selection.get("model"), bbox=selection.get("bbox"))
+    stores = {item.id: _store_of(item) for item in items}
+    by_name: dict[str, list[str]] = {}
+    for item_id, url in stores.items():
+        by_name.setdefault(_store_name(url), []).append(item_id)
+    clash = {name: ids for name, ids in by_name.items() if len(ids) > 1}
+    if clash:
+        name, ids = next(iter(clash.items()))
+        raise RequestError(f"{len(ids)} selected maps are all named {name} ({', '.join(ids)}); "
+                           f"they would share {Path(out_dir) / name}",
+                           hint="narrow the selection with --where (model=NAME@VERSION, "
+                                "bbox=...) and reprocess each group into its own --out-dir")
+    _, loaded = _model_meta(model)  # its checksum: which maps it made already
+    target = {"name": _model_name(loaded), "version": str(loaded.version),
+              "checksum": str(loaded.checksum)}
+    root = Path(out_dir)
+    root.mkdir(parents=True, exist_ok=True)
+    # One client for every map: resolved here, so maps do not each start a cluster.
+    cl = session.get_client(client, n_workers=n_workers, gdal=gdal_settings(policy),
+                            timeout=max(policy.timeout_s, 5.0), clock=clock)
+    summary: dict[str, Any] = {
+        "catalog": str(catalog_path.absolute()),
+        "where": {k: list(v) if k == "bbox" else v for k, v in selection.items()},
+        "model": target, "out_dir": str(root.absolute()), "maps": [],
+        "out_catalog": None, "counts": {}, "seconds": None,
+    }
+
+    def save() -> None:
+        rows = summary["maps"]
+        summary["counts"] = {"selected": len(items), **{
+            s: sum(1 for r in rows if r["status"] == s) for s in ("done", "skipped", "failed")}}
+        summary["seconds"] = round(time.perf_counter() - t_start, 3)
+        _write_json(root / "summary.json", summary)
+
+    try:
+        for item in items:
+            prev_url = stores[item.id]
+            name = _store_name(prev_url)
+            stem = name.removesuffix(".zarr") or name
+            out, report = root / name, root / f"{stem}-changes.json"
+            row: dict[str, Any] = {"id": item.id, "store": strip_secrets(prev_url),
+                                   "previous_model": item.properties.get("geoflow:model"),
+                                   "out": str(out.absolute()), "report": None, "png": None,
+                                   "item": None, "changed_fraction": None,
+                                   "changed_pixels": None, "compared_pixels": None,
+                                   "reason": None, "seconds": None}
+            summary["maps"].append(row)
+            t_map = time.perf_counter()
+            if (item.properties.get("geoflow:model") or {}).get("checksum") == \
+                    target["checksum"]:
+                row.update(status="skipped", out=None, reason="made by the target model "
+                           "already (same checksum): nothing to do")
+                continue
+            rep = _done_already(out, report, prev_url, target["checksum"], storage_options)
+            if rep is not None:
+                row.update(status="skipped", reason="done by an earlier run (the new store "
+                           "verifies complete)")
+            else:
+                clock.check(f"starting map {item.id}")
+                remaining = clock.remaining()
+                map_policy = policy if not np.isfinite(remaining) else RetryPolicy(**{
+                    **policy.to_dict(), "deadline_s": max(remaining, 0.05)})
+                try:
+                    ds = reprocess(prev_url, model=model, out=out, report=report,
+                                   catalog=stac_catalog, research=research, client=cl,
+                                   n_workers=n_workers, batch_size=batch_size,
+                                   device=device, progress=progress, retry=map_policy,
+                                   storage_options=storage_options)
+                except DeadlineError:
+                    row.update(status="failed", reason="the deadline passed")
+                    raise
+                except Exception as err:  # one map's failure must not stop the archive
+                    if not isinstance(err, GeoflowError):
+                        log.exception("reprocessing %s failed", item.id)
+                    row.update(status="failed", reason=strip_secrets(short_error(err)),
+                               seconds=round(time.perf_counter() - t_map, 3))
+                    log.warning("map %s failed: %s", item.id, row["reason"])
+                    continue
+                rep = dict(ds.attrs["change_report"])
+                row["status"] = "done"
+            row.update(report=str(report.absolute()), png=rep.get("png"),
+                       item=str(item_path(out)),
+                       changed_fraction=rep.get("changed_fraction"),
+                       changed_pixels=rep.get("changed_pixels"),
+                       compared_pixels=rep.get("compared_pixels"),
+                       seconds=round(time.perf_counter() - t_map, 3))
+            # Into the new catalog as each map finishes: an interrupted archive still lists
+            # what it made (adding an Item again replaces it).
+            summary["out_catalog"] = str(add_to_catalog(item_path(out), root).absolute())
+    finally:
+        save()
+    failures = {r["id"]: r["reason"] for r in summary["maps"] if r["status"] == "failed"}
+    if failures:
+        listing = "; ".join(f"{k}: {v}" for k, v in sorted(failures.items())[:3])
+        raise RunFailedError(
+            f"{len(failures)} of {len(items)} maps failed ({listing}); the others are in "
+            f"{root}, see {root / 'summary.json'}", failures=failures,
+            hint="fix the cause and rerun the same command: finished maps are skipped, "
+                 "unfinished ones resume")
+    log.info("reprocessed %d maps of %s into %s (%.2f s)", summary["counts"]["done"],
+             catalog_path, root, time.perf_counter() - t_start)
+    return summary
+
+
 def _png_path(png: Any, report: Any, out: Any) -> str | None:
     if png is not None:
         return os.fspath(png)
@@ -556,4 +907,5 @@ def _draw_changes(dp: xr.Dataset, dc: xr.Dataset, names: list[str], confusion: n
     return out
 
 
-__all__ = ["CLOUD_BINS", "change_report", "changed_layer", "reprocess"]
+__all__ = ["CLOUD_BINS", "WHERE_KEYS", "change_report", "changed_layer", "parse_where",
+           "reprocess", "reprocess_catalog"]
