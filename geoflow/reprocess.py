@@ -302,8 +302,10 @@ def reprocess(
     new = MapStore.open(out, storage_options)
     png_path = _png_path(png, report, out)
     result = change_report(prev, new, png=png_path)
-    # With the map: its report travels with it (values are the same on a resumed run).
-    new.finalize({"change_report": result})
+    # With the map: its report travels with it (values are the same on a resumed run). Not
+    # where the map and its PNG are: the same job written elsewhere must have the same bytes.
+    new.finalize({"change_report": {k: v for k, v in result.items()
+                                    if k not in ("store", "png")}})
     if report is not None:
         Path(report).parent.mkdir(parents=True, exist_ok=True)
         Path(report).write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
