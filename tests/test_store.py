@@ -431,3 +431,38 @@ def test_open_map_gives_uint8_classes_with_255_and_the_crs(tmp_path):
                                                    consolidated=False)
     with pytest.raises(StoreError, match="not a geoflow map store"):
         geoflow.open_map(tmp_path / "other.zarr")
+
+
+def test_done_lists_ledger_entries_by_name_and_ignores_leftovers(tmp_path):
+    """Ids longer than five characters keep their full name; a temporary file left by a
+    crash mid-write and files that are not entries are not chunks."""
+    grid = GridSpec(32632, 10.0, 500000.0, 5000000.0, 32 * 2, 32 * 11)  # map 11 x 2
+    plan = plan_chunks(grid, 32, 32, 1)
+    store = MapStore.open_or_create(tmp_path / "m.zarr", map_grid=plan.map_grid, times=TIMES,
+                                    chunk_shape=plan.chunk_shape, attrs=_attrs())
+    chunk = next(c for c in plan.chunks if c.id == "r10_c1")
+    store.write_chunk(chunk, xr.Dataset({"class": (("time", "y", "x"),
+                                                   np.ones((2, 1, 1), "uint8"))}))
+    done_dir = Path(store.path) / "_geoflow_ledger" / "done"
+    (done_dir / ".r10_c0.json.tmp-123-456").write_text("{")
+    (done_dir / "notes.txt").write_text("not an entry")
+    assert store.done() == {"r10_c1"}
+    assert store.verified_done() == {"r10_c1"}
+
+
+def test_an_entry_without_checksums_is_not_trusted(tmp_path):
+    """A done entry as an older geoflow wrote it (no object list) cannot be verified: the
+    chunk is computed again rather than trusted."""
+    plan, store = _finished(tmp_path)
+    cid = plan.chunks[0].id
+    entry = Path(store.path) / "_geoflow_ledger" / "done" / f"{cid}.json"
+    old = json.loads(entry.read_text())
+    old.pop("objects")
+    entry.write_text(json.dumps(old))
+    reason = store.check_chunk(cid)
+    assert reason == ("its done entry is not a geoflow ledger entry for this chunk (written "
+                      "by an older geoflow, without checksums)")
+    assert store.check_chunk("r9_c9") == "not done"
+    report = store.verify()
+    assert report["damaged"] == {cid: reason} and "r9_c9" not in report["missing"]
+    assert cid not in store.verified_done()
