@@ -118,6 +118,22 @@ def archive_stop_cmd(
     typer.echo(f"stopped the server of {path}" if stop_server(path)
                else f"no server was running for {path}")
 
+
+@archive_app.command("load-maps")
+def archive_load_maps_cmd(
+    catalog: Path = typer.Argument(..., help="Maps catalog (catalog.json of a maps directory)."),
+    directory: Path | None = typer.Argument(None, help="Archive directory whose server is "
+                                            "running (default: the one `geoflow demo` uses, "
+                                            "$GEOFLOW_ARCHIVE)."),
+) -> None:
+    """Load maps into an archive's running STAC API, as the geoflow-maps collection."""
+    from geoflow.archive import default_archive_dir
+    from geoflow.archive.server import load_maps
+
+    path = directory or default_archive_dir()
+    n = load_maps(path, catalog)
+    typer.echo(f"loaded {n} map(s) from {catalog} into collection geoflow-maps of {path}")
+
 # --------------------------------------------------------------------------- models
 # (the local model registry: geoflow.model.registry)
 models_app = typer.Typer(help="List, inspect and add model versions (the local registry, "
@@ -200,11 +216,13 @@ def models_add_cmd(
 def archive_serve_cmd(
     directory: Path = typer.Argument(..., help="Archive directory (from `archive create`)."),
     port: int = typer.Option(0, "--port", help="Port on 127.0.0.1 (0: last used, else free)."),
+    maps: Path | None = typer.Option(None, "--maps", help="Maps catalog (catalog.json) to "
+                                     "serve too, as the geoflow-maps collection."),
 ) -> None:
     """Serve an archive as a STAC API (stac-fastapi-pgstac) plus its COGs, until Ctrl-C."""
     import signal as _signal
 
-    from geoflow.archive.server import serve_archive
+    from geoflow.archive.server import load_maps, serve_archive
 
     def _term(signum: int, frame: Any) -> None:
         raise KeyboardInterrupt
@@ -215,6 +233,10 @@ def archive_serve_cmd(
     _signal.signal(_signal.SIGINT, _term)
     try:
         with serve_archive(directory, port=port) as srv:
+            if maps is not None:
+                # Loaded at each start: the database is rebuilt whenever the archive changes.
+                n = load_maps(srv, maps)
+                typer.echo(f"maps: {n} from {maps} in collection geoflow-maps")
             typer.echo(f"STAC API: {srv.url}  (assets under {srv.url}/assets/; "
                        f"started in {srv.timings['total']:.1f} s; Ctrl-C stops)", err=False)
             sys.stdout.flush()

@@ -13,7 +13,8 @@ about a second.
 
 :func:`ensure_server` returns the URL of a running server for an archive, starting a detached
 one when there is none (``DIR/server.json`` records ``url`` and ``pid``); :func:`stop_server`
-stops it.
+stops it. :func:`load_maps` (from :mod:`geoflow.archive._maps`) adds a maps catalog to a
+running server's database as the ``geoflow-maps`` collection.
 
 PostgreSQL refuses to run as root: as root, its programs run as the ``postgres`` user through
 ``runuser``. When ``postgres`` cannot reach ``DIR`` (say it is under ``/root``, mode 0700),
@@ -55,6 +56,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
+from geoflow.archive._maps import MapCatalogError, load_maps
 from geoflow.errors import ArchiveError, ServerError
 
 log = logging.getLogger(__name__)
@@ -1069,5 +1071,5 @@ def stop_server(archive: str | os.PathLike[str], *, timeout: float = 60.0) -> bo
     return True
 
 
-__all__ = ["ArchiveServer", "cluster_dir", "ensure_server", "running_server", "serve_archive",
-           "stop_server"]
+__all__ = ["ArchiveServer", "MapCatalogError", "cluster_dir", "ensure_server", "load_maps",
+           "running_server", "serve_archive", "stop_server"]
