@@ -14,6 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import untrained_model
 from distributed import Client
 
 from geoflow.store import MapStore
@@ -35,16 +36,7 @@ def _region(archive: Path) -> tuple[str, str]:
 @pytest.fixture(scope="module")
 def hidden_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """An untrained checkpoint in a folder the workers will not see."""
-    import torch
-
-    from geoflow.model.checkpoint import save_checkpoint
-    from geoflow.model.networks import ArchSpec, build_network
-
-    torch.manual_seed(1)
-    spec = ArchSpec("student", n_classes=10)
-    folder = tmp_path_factory.mktemp("client-only")
-    save_checkpoint(folder / "student", build_network(spec), spec, stage="untrained")
-    return folder / "student.safetensors"
+    return Path(untrained_model(tmp_path_factory.mktemp("client-only"), 1))
 
 
 @pytest.fixture(scope="module")

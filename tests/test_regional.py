@@ -111,18 +111,9 @@ def client():
 
 
 @pytest.fixture(scope="module")
-def model_path(tmp_path_factory) -> str:
+def model_path(models) -> str:
     """A small untrained student checkpoint: the maps need a model, not a good one."""
-    import torch
-
-    from geoflow.model.checkpoint import save_checkpoint
-    from geoflow.model.networks import ArchSpec, build_network
-
-    torch.manual_seed(0)
-    spec = ArchSpec("student", n_classes=10)
-    path = tmp_path_factory.mktemp("model") / "student"
-    save_checkpoint(path, build_network(spec), spec, stage="untrained")
-    return str(path.with_suffix(".safetensors"))
+    return models[0]
 
 
 @pytest.fixture(scope="module")

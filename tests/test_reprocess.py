@@ -8,7 +8,6 @@ to the running catalog (a fresh search finds it, the reprocess does not use it).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -17,6 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
+from conftest import file_hashes
 
 from geoflow.errors import CatalogError, StoreError
 from geoflow.retry import RetryPolicy
@@ -30,43 +30,8 @@ BINS = ((0, 10), (10, 30), (30, 60), (60, 90), (90, 100))
 FAST = RetryPolicy(attempts=2, backoff_s=0.1)
 
 
-def _hashes(path: Path) -> dict[str, str]:
-    return {f.relative_to(path).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(path.rglob("*")) if f.is_file()}
-
-
 def _raw(path: Path) -> xr.Dataset:
     return xr.open_zarr(path, mask_and_scale=False).load()
-
-
-def _make_model(tmp_path_factory: pytest.TempPathFactory, seed: int) -> str:
-    import torch
-
-    from geoflow.model.checkpoint import save_checkpoint
-    from geoflow.model.networks import ArchSpec, build_network
-
-    torch.manual_seed(seed)
-    spec = ArchSpec("student", n_classes=10)
-    path = tmp_path_factory.mktemp(f"model{seed}") / f"student-{seed}"
-    save_checkpoint(path, build_network(spec), spec, stage="untrained")
-    return str(path.with_suffix(".safetensors"))
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                           dashboard_address=None)
-    cl = Client(cluster)
-    yield cl
-    cl.close()
-    cluster.close()
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> tuple[str, str]:
-    return _make_model(tmp_path_factory, 0), _make_model(tmp_path_factory, 1)
 
 
 @pytest.fixture(scope="module")
@@ -81,7 +46,7 @@ def previous(tmp_path_factory, small_archive, stac_url, client, models):
     classify_region((cx - hx, cy - hy, cx + hx, cy + hy), DATES, out=str(out),
                     catalog=stac_url, client=client, model=models[0], chunk_patches=2,
                     progress=False, retry=FAST)
-    return out, _hashes(out)
+    return out, file_hashes(out)
 
 
 @pytest.fixture(scope="module")
@@ -330,13 +295,13 @@ def test_rerun_resumes_to_the_same_bytes_and_refuses_the_previous_path(previous,
 def test_previous_store_is_untouched(previous, reprocessed):
     # Runs after every reprocess of this module (file order): the same bytes, file by file.
     path, before = previous
-    assert _hashes(path) == before
+    assert file_hashes(path) == before
 
 
 # --------------------------------------------------------------------------- helpers
 def _data(path: Path) -> dict[str, str]:
     """Chunk files (not metadata or the ledger, which name the path and times)."""
-    return {k: v for k, v in _hashes(path).items()
+    return {k: v for k, v in file_hashes(path).items()
             if not k.endswith("zarr.json") and not k.startswith("_geoflow_ledger")}
 
 

@@ -10,12 +10,12 @@ failing map is recorded while the others go on, and the command line takes a cat
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
 
 import pytest
+from conftest import file_hashes
 
 from geoflow.errors import RequestError, RunFailedError
 from geoflow.retry import RetryPolicy
@@ -24,41 +24,6 @@ pytestmark = pytest.mark.server
 
 DATES = "2025-06-01/2025-06-10"  # two Sentinel-2 dates of the small archive: a fast run
 FAST = RetryPolicy(attempts=2, backoff_s=0.1)
-
-
-def _hashes(path: Path) -> dict[str, str]:
-    return {f.relative_to(path).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(path.rglob("*")) if f.is_file()}
-
-
-def _make_model(tmp_path_factory: pytest.TempPathFactory, seed: int) -> str:
-    import torch
-
-    from geoflow.model.checkpoint import save_checkpoint
-    from geoflow.model.networks import ArchSpec, build_network
-
-    torch.manual_seed(seed)
-    spec = ArchSpec("student", n_classes=10)
-    path = tmp_path_factory.mktemp(f"model{seed}") / f"student-{seed}"
-    save_checkpoint(path, build_network(spec), spec, stage="untrained")
-    return str(path.with_suffix(".safetensors"))
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                           dashboard_address=None)
-    cl = Client(cluster)  # also the default client: the CLI test finds it
-    yield cl
-    cl.close()
-    cluster.close()
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> tuple[str, str]:
-    return _make_model(tmp_path_factory, 0), _make_model(tmp_path_factory, 1)
 
 
 @pytest.fixture(scope="module")
@@ -83,7 +48,7 @@ def archive_catalog(tmp_path_factory, small_archive, stac_url, client, models):
     cat_dir = base / "catalog"
     for store in stores:
         add_to_catalog(item_path(store), cat_dir)
-    return cat_dir / "catalog.json", stores, {s: _hashes(s) for s in stores}
+    return cat_dir / "catalog.json", stores, {s: file_hashes(s) for s in stores}
 
 
 def _version(store: Path) -> str:
@@ -144,16 +109,16 @@ def test_rerun_skips_everything_and_old_stores_untouched(archive_catalog, first_
 
     catalog, stores, hashes = archive_catalog
     out_dir, _ = first_run
-    new_hashes = {s.name: _hashes(out_dir / s.name) for s in stores}
+    new_hashes = {s.name: file_hashes(out_dir / s.name) for s in stores}
     again = reprocess_catalog(catalog, model=models[1], out_dir=out_dir,
                               where=[f"model={_version(stores[0])}"], client=client,
                               progress=False, retry=FAST)
     assert again["counts"] == {"selected": 2, "done": 0, "skipped": 2, "failed": 0}
     assert all("earlier run" in r["reason"] for r in again["maps"])
     assert all(r["changed_fraction"] is not None for r in again["maps"])
-    assert {s.name: _hashes(out_dir / s.name) for s in stores} == new_hashes
+    assert {s.name: file_hashes(out_dir / s.name) for s in stores} == new_hashes
     for store in stores:  # the previous maps: the same bytes, file by file
-        assert _hashes(store) == hashes[store]
+        assert file_hashes(store) == hashes[store]
 
 
 def test_map_of_the_target_model_is_skipped(first_run, client, models, tmp_path):

@@ -8,7 +8,6 @@ runs this." Everything is real: the small archive behind the local STAC API, Das
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import shutil
@@ -22,6 +21,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
+from conftest import file_hashes
 
 from geoflow.retry import RetryPolicy
 
@@ -33,47 +33,12 @@ LEDGER = "_geoflow_ledger"
 FAST = RetryPolicy(attempts=2, backoff_s=0.1)
 
 
-def _hashes(path: Path) -> dict[str, str]:
-    return {f.relative_to(path).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(path.rglob("*")) if f.is_file()}
-
-
-def _make_model(tmp_path_factory: pytest.TempPathFactory, seed: int) -> str:
-    import torch
-
-    from geoflow.model.checkpoint import save_checkpoint
-    from geoflow.model.networks import ArchSpec, build_network
-
-    torch.manual_seed(seed)
-    spec = ArchSpec("student", n_classes=10)
-    path = tmp_path_factory.mktemp(f"resume-model{seed}") / f"student-{seed}"
-    save_checkpoint(path, build_network(spec), spec, stage="untrained")
-    return str(path.with_suffix(".safetensors"))
-
-
 def _region(archive: Path) -> tuple[float, float, float, float]:
     """The centre of the demo bbox, ~1/4 of it (as tests/test_regional.py)."""
     info = json.loads((archive / "archive.json").read_text())
     w, s, e, n = info["demo_bbox"]
     cx, cy, hx, hy = (w + e) / 2, (s + n) / 2, (e - w) / 4, (n - s) / 4
     return (cx - hx, cy - hy, cx + hx, cy + hy)
-
-
-@pytest.fixture(scope="module")
-def client():
-    from distributed import Client, LocalCluster
-
-    cluster = LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
-                           dashboard_address=None)
-    cl = Client(cluster)
-    yield cl
-    cl.close()
-    cluster.close()
-
-
-@pytest.fixture(scope="module")
-def models(tmp_path_factory) -> tuple[str, str]:
-    return _make_model(tmp_path_factory, 0), _make_model(tmp_path_factory, 1)
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +50,7 @@ def previous(tmp_path_factory, small_archive, stac_url, client, models):
     classify_region(_region(Path(small_archive)), DATES, out=str(out), catalog=stac_url,
                     client=client, model=models[0], chunk_patches=CHUNK_PATCHES,
                     progress=False, retry=FAST)
-    return out, _hashes(out)
+    return out, file_hashes(out)
 
 
 def _done(store: Path) -> list[Path]:
@@ -145,7 +110,7 @@ def test_sigkill_midway_then_rerun_gives_the_same_bytes_and_report(previous, mod
     assert store.attrs["change_report"] == {k: v for k, v in ref_report.items()
                                             if k not in ("store", "png")}
     # The previous map is only read, by both runs and the killed one.
-    assert _hashes(prev) == prev_hashes
+    assert file_hashes(prev) == prev_hashes
 
 
 def test_workflow_reprocess_section_writes_report_and_supersedes(previous, models, client,
@@ -187,4 +152,4 @@ def test_workflow_reprocess_section_writes_report_and_supersedes(previous, model
         "model_checksum"]
     assert new.attrs["stac_items"] == MapStore.open(str(prev)).attrs["stac_items"]
     assert new.attrs["model_checksum"] != new.attrs["supersedes"]["model_checksum"]
-    assert _hashes(prev) == prev_hashes
+    assert file_hashes(prev) == prev_hashes
