@@ -466,3 +466,38 @@ def test_an_entry_without_checksums_is_not_trusted(tmp_path):
     report = store.verify()
     assert report["damaged"] == {cid: reason} and "r9_c9" not in report["missing"]
     assert cid not in store.verified_done()
+
+
+def test_integer_maps_in_0_255_are_stored_as_uint8(tmp_path):
+    """A chunk's map may come as any integer type holding 0-255: stored as the same uint8."""
+    plan = _plan()
+    store = _create(tmp_path / "m.zarr", plan)
+    chunk = plan.chunks[0]
+    ys, xs = chunk.out_slices
+    shape = (2, ys.stop - ys.start, xs.stop - xs.start)
+    values = np.arange(np.prod(shape)).reshape(shape) % 256 * 50 % 256  # 0..250, int64
+    store.write_chunk(chunk, xr.Dataset({"confidence": (("time", "y", "x"), values)}))
+    stored = store.dataset(mask_and_scale=False)["confidence"].values[:, ys, xs]
+    assert stored.dtype == np.uint8
+    np.testing.assert_array_equal(stored, values.astype(np.uint8))
+
+
+@pytest.mark.parametrize("values, dims, named", [
+    (np.full((2, 2, 2), 256), ("time", "y", "x"), "is int64, not uint8"),
+    (np.full((2, 2, 2), -1), ("time", "y", "x"), "is int64, not uint8"),
+    (np.full((2, 2, 2), 0.5), ("time", "y", "x"), "is float64, not uint8"),
+    (np.zeros((2, 2, 1), "uint8"), ("time", "y", "x"), r"shape \(2, 2, 1\)"),  # right dims
+    (np.zeros((2, 2, 2), "uint8"), ("time", "x", "y"), r"dims \('time', 'x', 'y'\)"),  # shape
+    (np.zeros((2, 2), "uint8"), ("y", "x"), r"dims \('y', 'x'\)"),  # a date-less class map
+])
+def test_a_chunk_of_the_wrong_type_or_shape_is_refused_with_a_hint(tmp_path, values, dims,
+                                                                  named):
+    plan = _plan()
+    store = _create(tmp_path / "m.zarr", plan)
+    with pytest.raises(StoreError, match=named) as err:
+        store.write_chunk(plan.chunks[0], xr.Dataset({"class": (dims, values)}))
+    assert err.value.hint and store.done() == set()
+    with pytest.raises(StoreError, match=r"\['bogus'\] are not in the store") as err:
+        store.write_chunk(plan.chunks[0], xr.Dataset({"bogus": (("y", "x"),
+                                                                np.zeros((2, 2), "uint8"))}))
+    assert err.value.hint
