@@ -1,16 +1,19 @@
 """Regional maps on Dask: :func:`classify_region`.
 
-The flow is one direction: validate the request, search the catalog, lay the output grid and
-its chunks, write the store's template, then run one task per chunk on the cluster. A task
-reads its chunk's cube window, classifies it with the worker's cached model, computes the
-period summary for its pixels and writes its region of the Zarr store; the ledger then marks
-the chunk done. Only small summaries come back to the client, and chunks are submitted in a
-bounded window, so a region of any size costs time, not client memory or scheduler load.
+The flow is one direction: validate the request and options, lay the output grid and its
+chunks, search the catalog, get the cluster ready, write the store's template (or verify the
+done chunks of an existing one), then run one task per chunk. A task reads its chunk's cube
+window, classifies it with the worker's cached model (sent once by content), computes the
+period summary for its pixels and writes its region of the Zarr store; the ledger then records
+what the chunk wrote. Only small summaries come back to the client, and chunks are submitted in
+a bounded window, so a region of any size costs time, not client memory or scheduler load.
+Reprocessing (:mod:`geoflow.reprocess`) runs the same steps with pinned inputs.
 
-Without ``out`` the run writes to a temporary local store, loads the result into memory and
-deletes the store: one code path for both cases. A temporary store needs workers that share
-the client's file system (any LocalCluster); on a remote cluster pass ``out`` on a shared
-file system.
+Which client and catalog a call uses, when it passes none, is decided at the edge
+(:mod:`geoflow.session`). Without ``out`` the run writes to a temporary local store, loads the
+result into memory and deletes the store: one code path for both cases. A temporary store
+needs workers that share the client's file system (any LocalCluster); on a remote cluster pass
+``out`` on a shared file system or an object store.
 """
 
 from __future__ import annotations
