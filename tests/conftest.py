@@ -61,32 +61,11 @@ def s3_endpoint() -> Iterator[str]:
         yield endpoint
 
 
-def file_hashes(path: Path) -> dict[str, str]:
-    """sha256 of every file under ``path``, by relative path: "nothing changed" checks."""
-    import hashlib
-
-    return {f.relative_to(path).as_posix(): hashlib.sha256(f.read_bytes()).hexdigest()
-            for f in sorted(path.rglob("*")) if f.is_file()}
-
-
-def untrained_model(folder: Path, seed: int) -> str:
-    """A small untrained student checkpoint in ``folder``: maps need a model, not a good one;
-    two seeds are two model versions."""
-    import torch
-
-    from geoflow.model.checkpoint import save_checkpoint
-    from geoflow.model.networks import ArchSpec, build_network
-
-    torch.manual_seed(seed)
-    spec = ArchSpec("student", n_classes=10)
-    path = folder / f"student-{seed}"
-    save_checkpoint(path, build_network(spec), spec, stage="untrained")
-    return str(path.with_suffix(".safetensors"))
-
-
 @pytest.fixture(scope="session")
 def models(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, str]:
     """Two untrained students (seeds 0 and 1): an old and a new model version."""
+    from _helpers import untrained_model
+
     folder = tmp_path_factory.mktemp("models")
     return untrained_model(folder, 0), untrained_model(folder, 1)
 

@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import untrained_model
+from _helpers import untrained_model
 from distributed import Client
 
 from geoflow.store import MapStore

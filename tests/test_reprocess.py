@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
-from conftest import file_hashes
+from _helpers import file_hashes
 
 from geoflow.errors import CatalogError, StoreError
 from geoflow.retry import RetryPolicy

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 
 import pytest
-from conftest import file_hashes
+from _helpers import file_hashes
 
 from geoflow.errors import RequestError, RunFailedError
 from geoflow.retry import RetryPolicy

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from conftest import file_hashes
+from _helpers import file_hashes
 
 from geoflow.retry import RetryPolicy
 
