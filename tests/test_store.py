@@ -501,3 +501,42 @@ def test_a_chunk_of_the_wrong_type_or_shape_is_refused_with_a_hint(tmp_path, val
         store.write_chunk(plan.chunks[0], xr.Dataset({"bogus": (("y", "x"),
                                                                 np.zeros((2, 2), "uint8"))}))
     assert err.value.hint
+
+
+def test_ledger_of_non_square_chunks_with_fill_only_objects_and_a_list_entry(tmp_path):
+    """Chunks 1 x 2 map pixels, so rows and columns cannot be confused; a per-date layer that
+    is all fill is not stored, and must stay absent; an entry that is valid JSON but not a
+    mapping is not trusted."""
+    plan = plan_chunks(REGION, 32, 32, 1)  # map 3 x 5, chunks of one pixel...
+    grid = plan.map_grid
+    store = MapStore.open_or_create(tmp_path / "m.zarr", map_grid=grid, times=TIMES,
+                                    chunk_shape=(1, 2), attrs=_attrs())
+    from geoflow.tiles import Chunk
+
+    chunk = Chunk("r2_c1", (slice(2, 3), slice(2, 4)), None)  # ...written as 1 x 2 chunks
+    cls = np.array([[[1, 2]], [[255, 255]]], "uint8")  # the second date is all no data
+    store.write_chunk(chunk, xr.Dataset({"class": (("time", "y", "x"), cls),
+                                         "confidence": (("time", "y", "x"),
+                                                        np.full((2, 1, 2), 255, "uint8"))}))
+    root = Path(store.path)
+    entry = json.loads((root / "_geoflow_ledger/done/r2_c1.json").read_text())
+    assert sorted(entry["objects"]) == ["class/c/0/2/1", "class/c/1/2/1",
+                                        "confidence/c/0/2/1", "confidence/c/1/2/1"]
+    assert entry["objects"]["class/c/1/2/1"] is None  # all fill: not stored
+    assert (root / "class/c/0/2/1").is_file()
+    assert store.check_chunk("r2_c1") is None
+    # Something written where the ledger recorded nothing is damage too.
+    (root / "class/c/1/2").mkdir(parents=True, exist_ok=True)
+    (root / "class/c/1/2/1").write_bytes((root / "class/c/0/2/1").read_bytes())
+    assert store.check_chunk("r2_c1") == "object class/c/1/2/1 was recorded as not stored " \
+                                         "but exists"
+    (root / "_geoflow_ledger/done/r2_c1.json").write_text("[1, 2]")
+    assert "not a geoflow ledger entry" in store.check_chunk("r2_c1")
+
+
+def test_integer_maps_may_hold_255(tmp_path):
+    plan = _plan()
+    store = _create(tmp_path / "m.zarr", plan)
+    store.write_chunk(plan.chunks[0], xr.Dataset({"class": (("time", "y", "x"),
+                                                            np.full((2, 2, 2), 255))}))
+    assert store.check_chunk(plan.chunks[0].id) is None
