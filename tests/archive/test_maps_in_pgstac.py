@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -45,8 +46,22 @@ def _counts(url: str, collections: list[str]) -> dict[str, int]:
     return {c: len(list(client.search(collections=[c]).items())) for c in collections}
 
 
+@pytest.fixture
+def maps_removed_after(stac_server: Any) -> Iterator[None]:
+    """The session's server is shared: take the maps collection out again, so that tests
+    which list every collection see only the archive's."""
+    yield
+    import psycopg
+
+    from geoflow.archive._maps import _loader_dsn
+
+    with psycopg.connect(_loader_dsn(stac_server), autocommit=True) as conn:
+        conn.execute("SELECT pgstac.delete_collection('geoflow-maps')")
+
+
 def test_maps_are_served_by_the_archive_api(stac_server: Any, stac_url: str,
-                                            small_archive: Path, tmp_path: Path) -> None:
+                                            small_archive: Path, tmp_path: Path,
+                                            maps_removed_after: None) -> None:
     inputs = ["sentinel-1-rtc", "sentinel-2-l2a"]
     before = _counts(stac_url, inputs)
 
