@@ -6,6 +6,7 @@ namespace where the folder holding the client's checkpoint is empty.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -60,8 +61,12 @@ def cluster(tmp_path_factory: pytest.TempPathFactory, hidden_model: Path):
         assert address.startswith("tcp://127.0.0.1:"), (state / "cluster.err").read_text()
         yield address, hidden
     finally:
-        os.killpg(proc.pid, signal.SIGTERM)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=60)
+        # Whatever the script could not stop itself (it was seen to leave its scheduler and
+        # workers once in a full run): `cluster.sh stop` ends the process groups it recorded.
+        subprocess.run([SCRIPT, "stop", "--dir", str(state)], capture_output=True, timeout=60)
         log.close()
 
 
