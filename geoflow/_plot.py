@@ -44,12 +44,9 @@ def class_legend(ds: xr.Dataset | xr.DataArray) -> tuple[list[str], list[str]]:
     names = list(attrs.get("classes") or [])
     colors = list(attrs.get("class_colors") or [])
     if not names:
-        try:
-            from geoflow.archive._world import CLASS_COLORS, CLASSES
+        from geoflow.model._constants import CLASS_COLORS, CLASSES
 
-            names, colors = list(CLASSES), list(CLASS_COLORS)
-        except ImportError:  # the archive package is optional for reading maps
-            names = [f"class {i}" for i in range(10)]
+        names, colors = list(CLASSES), list(CLASS_COLORS)
     if len(colors) < len(names):
         from matplotlib import colormaps
         from matplotlib.colors import to_hex

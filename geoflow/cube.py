@@ -43,10 +43,11 @@ import rioxarray  # noqa: F401  (registers the .rio accessor)
 import xarray as xr
 from rasterio.enums import Resampling
 
-# Band names and SCL codes are defined once, with the archive that writes them.
-from geoflow.archive._world import CLOUDY_SCL, S1_BANDS, S2_BANDS
 from geoflow.errors import CubeError
 from geoflow.grid import GridSpec
+
+# Band names and SCL codes are defined once, with the archive that writes them.
+from geoflow.sentinel import CLOUDY_SCL, S1_BANDS, S2_BANDS
 
 #: Asset key of the Sentinel-2 scene classification layer.
 SCL_ASSET = "SCL"

@@ -38,43 +38,19 @@ import numpy as np
 from scipy import ndimage, sparse
 from scipy.spatial import cKDTree
 
+# The conventions are the package's; the synthetic world uses them, it does not define them.
+from geoflow.model._constants import CLASS_COLORS, CLASSES
+from geoflow.sentinel import CLOUDY_SCL, S1_BANDS, S2_10M, S2_BANDS
+
 # --------------------------------------------------------------------------- constants
 
-CLASSES: tuple[str, ...] = (
-    "Barren",
-    "Dense Forest",
-    "Herbaceous",
-    "Industrial",
-    "Residential",
-    "Road",
-    "Scrub",
-    "Sparsely Built",
-    "Water",
-    "Harbor",
-)
-CLASS_COLORS: tuple[str, ...] = (
-    "#d2b48c",  # Barren: sand
-    "#1b5e20",  # Dense Forest: dark green
-    "#9ccc65",  # Herbaceous: light green
-    "#7e57c2",  # Industrial: purple
-    "#e53935",  # Residential: red
-    "#424242",  # Road: dark grey
-    "#8d9e4a",  # Scrub: olive
-    "#ffab91",  # Sparsely Built: salmon
-    "#1e88e5",  # Water: blue
-    "#ff8f00",  # Harbor: orange
-)
 BARREN, FOREST, HERBACEOUS, INDUSTRIAL, RESIDENTIAL, ROAD, SCRUB, SPARSE, WATER, HARBOR = range(10)
 NODATA_CLASS = 255
 
-S2_BANDS: tuple[str, ...] = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
-S2_10M: tuple[str, ...] = ("B02", "B03", "B04", "B08")
 S2_20M: tuple[str, ...] = tuple(b for b in S2_BANDS if b not in S2_10M)
-S1_BANDS: tuple[str, ...] = ("vv", "vh")
 
 SCL_NODATA, SCL_SATURATED, SCL_DARK, SCL_SHADOW, SCL_VEGETATION, SCL_NOT_VEGETATED = range(6)
 SCL_WATER, SCL_UNCLASSIFIED, SCL_CLOUD_MEDIUM, SCL_CLOUD_HIGH, SCL_CIRRUS, SCL_SNOW = range(6, 12)
-CLOUDY_SCL: tuple[int, ...] = (3, 8, 9, 10)
 
 #: SCL class of each land-cover class on a clear pixel.
 CLASS_SCL: tuple[int, ...] = (5, 4, 4, 5, 5, 5, 4, 4, 6, 5)

@@ -1,21 +1,27 @@
-"""Class names, colours and band order, taken from the synthetic world when it is importable.
-
-The archive owns these constants (``geoflow.archive._world``); this module re-exports them so
-the model works (and its tests run) on their own. The fallback copy must stay identical.
+"""The default class scheme (names and colours, in class-index order) and the model's input
+order, which comes from :mod:`geoflow.sentinel`. The synthetic archive takes its classes from
+here: the model's scheme is the source, the archive a fixture on top.
 """
 
 from __future__ import annotations
 
-try:
-    from geoflow.archive._world import CLASS_COLORS, CLASSES, S2_BANDS
-except ImportError:  # the archive package is optional for using a checkpoint
-    CLASSES = ("Barren", "Dense Forest", "Herbaceous", "Industrial", "Residential", "Road",
-               "Scrub", "Sparsely Built", "Water", "Harbor")
-    CLASS_COLORS = ("#a87000", "#006400", "#b4e36b", "#8c2d8c", "#e31a1c", "#4d4d4d",
-                    "#c8a84b", "#f0a0a0", "#1f78b4", "#00cfd6")
-    S2_BANDS = ("B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12")
+from geoflow.sentinel import S1_POLS, S2_BANDS
 
-#: SAR polarisations in model input order (cube ``pol`` coordinate).
-S1_POLS = ("VV", "VH")
+#: The ten scene classes of the seed paper's dataset, in class-index order.
+CLASSES: tuple[str, ...] = ("Barren", "Dense Forest", "Herbaceous", "Industrial", "Residential",
+                            "Road", "Scrub", "Sparsely Built", "Water", "Harbor")
+#: One colour per class (maps, legends, COG colour tables).
+CLASS_COLORS: tuple[str, ...] = (
+    "#d2b48c",  # Barren: sand
+    "#1b5e20",  # Dense Forest: dark green
+    "#9ccc65",  # Herbaceous: light green
+    "#7e57c2",  # Industrial: purple
+    "#e53935",  # Residential: red
+    "#424242",  # Road: dark grey
+    "#8d9e4a",  # Scrub: olive
+    "#ffab91",  # Sparsely Built: salmon
+    "#1e88e5",  # Water: blue
+    "#ff8f00",  # Harbor: orange
+)
 
 __all__ = ["CLASSES", "CLASS_COLORS", "S1_POLS", "S2_BANDS"]

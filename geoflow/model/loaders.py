@@ -78,19 +78,19 @@ _S2_FILE = re.compile(r"^(ROIs\d+_[a-z]+)_s2_(\d+)_p(\d+)\.tif$")
 
 
 def _geoflow_bands() -> tuple[str, ...]:
-    from geoflow.archive._world import S2_BANDS
+    from geoflow.sentinel import S2_BANDS
 
     return tuple(S2_BANDS)
 
 
 def _default_classes() -> tuple[str, ...]:
-    from geoflow.archive._world import CLASSES
+    from geoflow.model._constants import CLASSES
 
     return tuple(CLASSES)
 
 
 def _cloudy_scl() -> tuple[int, ...]:
-    from geoflow.archive._world import CLOUDY_SCL
+    from geoflow.sentinel import CLOUDY_SCL
 
     return tuple(CLOUDY_SCL)
 
