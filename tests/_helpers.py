@@ -3,6 +3,7 @@ between tests/ and tests/model/ when imported by name)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 
@@ -28,3 +29,29 @@ def untrained_model(folder: Path, seed: int) -> str:
     save_checkpoint(path, build_network(spec), spec, stage="untrained")
     return str(path.with_suffix(".safetensors"))
 
+
+
+def kill_midway(cmd: list[str], done_count: Callable[[], int], *, k: int = 2,
+                timeout: float = 120.0, env: dict[str, str] | None = None) -> int:
+    """Run ``cmd`` in a session of its own and SIGKILL the whole process group (client,
+    scheduler, workers at once, mid-write or not) as soon as ``done_count()`` reaches ``k``.
+
+    Returns the process's exit status (``-SIGKILL`` when the kill came in time); fails the
+    test if the command ends by itself first.
+    """
+    import os
+    import signal
+    import subprocess
+    import time
+
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, env=env)
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline and done_count() < k:
+            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)
+    finally:
+        proc.wait(timeout=30)
+    return proc.returncode

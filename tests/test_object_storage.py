@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 import uuid
 import warnings
 from collections.abc import Iterator
@@ -23,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
+from _helpers import kill_midway
 from test_store import TIMES, _create, _full_maps, _plan, _write
 
 from geoflow._cluster import aws_gdal_options, gdal_settings
@@ -297,20 +296,10 @@ def test_sigkill_midway_on_s3_then_rerun_gives_the_bytes_of_a_disk_run(
     url = f"s3://{bucket}/map.zarr"
     cmd = _classify_cmd(archive, url, stac_url, model_path)
     # The real command, its LocalCluster and workers, all with the AWS environment.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, env=dict(os.environ))
     done = _Files(url)
-    k, deadline = 2, time.monotonic() + 180
-    try:
-        while time.monotonic() < deadline:
-            if len(done.listdir(f"{LEDGER}/done")) >= k:
-                break
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-            time.sleep(0.05)
-        # The client, scheduler and both workers go down at once, mid-write or not.
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    k = 2
+    kill_midway(cmd, lambda: len(done.listdir(f"{LEDGER}/done")), k=k, timeout=180,
+                env=dict(os.environ))
     done_at_kill = MapStore.open(url).done()
 
     rerun = subprocess.run(cmd, capture_output=True, timeout=300, env=dict(os.environ))

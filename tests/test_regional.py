@@ -14,7 +14,6 @@ import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -22,6 +21,7 @@ import pytest
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from _faulty_proxy import FaultyProxy
+from _helpers import kill_midway
 
 from geoflow.retry import RetryPolicy
 
@@ -257,21 +257,9 @@ def test_sigkill_midway_then_rerun_resumes_with_same_bytes(reference, region, st
            "--dates", dates, "--out", str(out), "--catalog", stac_url, "--workers", "2",
            "--model", model_path,
            "--chunk-patches", str(CHUNK_PATCHES), "--json"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, env=_env())
     k = 2
-    deadline = time.monotonic() + 120
-    try:
-        while time.monotonic() < deadline:
-            done = out / LEDGER / "done"
-            if done.exists() and len(list(done.glob("*.json"))) >= k:
-                break
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-            time.sleep(0.05)
-        # The client, scheduler and both workers go down at once, mid-write or not.
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
+    kill_midway(cmd, lambda: len(list((out / LEDGER / "done").glob("*.json"))), k=k,
+                env=_env())
     done_at_kill = MapStore.open(str(out)).done()
     assert k <= len(done_at_kill) < total, "kill came too late to test a resume"
 

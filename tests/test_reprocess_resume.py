@@ -9,19 +9,17 @@ runs this." Everything is real: the small archive behind the local STAC API, Das
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from _helpers import file_hashes
+from _helpers import file_hashes, kill_midway
 
 from geoflow.retry import RetryPolicy
 
@@ -79,19 +77,9 @@ def test_sigkill_midway_then_rerun_gives_the_same_bytes_and_report(previous, mod
 
     cmd = [sys.executable, "-m", "geoflow.cli", "reprocess", str(prev), "--model", models[1],
            "--out", str(new), "--workers", "2", "--json"]
-    # Its own session: SIGKILL to the group takes the client, scheduler and workers at once.
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True)
     k = 2
-    deadline = time.monotonic() + 90
-    try:
-        while time.monotonic() < deadline and len(_done(new)) < k:
-            assert proc.poll() is None, proc.communicate()[1].decode()[-2000:]
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)
-    finally:
-        proc.wait(timeout=30)
-    assert proc.returncode == -signal.SIGKILL, "the run ended before it could be killed"
+    status = kill_midway(cmd, lambda: len(_done(new)), k=k, timeout=90)
+    assert status == -signal.SIGKILL, "the run ended before it could be killed"
     done_at_kill = {p.stem for p in _done(new)}
     assert k <= len(done_at_kill) < total, "kill came too late to test a resume"
 
