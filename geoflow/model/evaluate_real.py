@@ -205,8 +205,8 @@ def evaluate_real(spec: str = "bigearthnet", model: str | os.PathLike[str] | Non
         ``bigearthnet:PATH`` (a user's v1 folders, reBEN LMDB + parquet or v1 LMDB: set
         ``data``).
     model
-        A checkpoint (``NAME.safetensors``) or ``geoflow train --out`` directory; ``None``:
-        the shipped weights.
+        A checkpoint (``NAME.safetensors``), a ``geoflow train --out`` directory or a registry
+        name (``NAME[@VERSION]``); ``None``: the shipped weights.
     device
         ``auto``, ``cpu`` or ``cuda``.
     batch_size
@@ -228,8 +228,9 @@ def evaluate_real(spec: str = "bigearthnet", model: str | os.PathLike[str] | Non
     See the module docstring.
     """
     from geoflow.model.predict import load
+    from geoflow.model.registry import resolve_model
 
-    loaded = load(model, device=device)
+    loaded = load(resolve_model(model), device=device)
     data = sets if sets is not None else open_sets(spec, cache=cache)
     return {
         "spec": spec,

@@ -422,7 +422,8 @@ def finetune(data: str, out_dir: str | os.PathLike[str], config: FinetuneConfig 
     config
         :class:`FinetuneConfig`.
     start
-        The student to start from (default: the shipped weights).
+        The student to start from: a checkpoint, a training folder or a registry name
+        (default: the shipped weights).
     cache
         Cache of the public samples (default ``$GEOFLOW_CACHE/bigearthnet``).
     progress
@@ -442,12 +443,13 @@ def finetune(data: str, out_dir: str | os.PathLike[str], config: FinetuneConfig 
     from geoflow.model.bigearthnet import BEN19, BEN19_COLORS
     from geoflow.model.checkpoint import read_checkpoint, save_checkpoint
     from geoflow.model.predict import LoadedModel, load, resolve_device
+    from geoflow.model.registry import resolve_model
 
     cfg = config or FinetuneConfig()
     cfg.validate()
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads or min(2, os.cpu_count() or 1))
-    start_path = Path(start) if start is not None else DEFAULT_CHECKPOINT
+    start_path = resolve_model(start) if start is not None else DEFAULT_CHECKPOINT
     ckpt = read_checkpoint(load(start_path, device="cpu").path)
     if cfg.classes == "ben19":
         if data.split(":", 1)[0].strip().lower() != "bigearthnet":
