@@ -237,6 +237,7 @@ def classify_region(
     storage_options: Mapping[str, Any] | None = None,
     items: Any = None,
     profile: str | None = None,
+    signer: Any = None,
 ) -> xr.Dataset:
     """Map scene classes over a region and period, chunk by chunk on a Dask cluster.
 
@@ -313,6 +314,10 @@ def classify_region(
     profile
         ``"planetary-computer"``, ``"earth-search"`` or ``"generic"``: overrides the profile
         guessed for ``catalog`` URLs or for ``items``.
+    signer
+        For ``items``: how the workers sign their hrefs (``"planetary-computer"`` or a
+        :class:`geoflow.signing.HrefSigner`); default the items' profile's. For a catalog,
+        set it in :class:`~geoflow.catalog.CatalogSettings`.
 
     Returns
     -------
@@ -358,7 +363,7 @@ def classify_region(
         if catalog is not None:
             raise RequestError("pass catalog= or items=, not both",
                                hint="items= replaces the search of a catalog")
-        scenes = scenes_from_items(items, profile=profile)
+        scenes = scenes_from_items(items, profile=profile, signer=signer)
         scenes.request = request
     else:
         settings = session.get_catalog(catalog)

@@ -69,12 +69,11 @@ def _with_token(href: str, token: str) -> str:
     return f"{base}?{token.lstrip('?')}"
 
 
-@dataclass(frozen=True)
 class _CachedTokenSigner:
-    """Shared part: a token per key, cached in the process until ``margin_s`` before expiry."""
+    """Shared part: a token per key, cached in the process until ``margin_s`` before expiry
+    (subclasses are frozen dataclasses with a ``margin_s`` field)."""
 
-    #: Renew a cached token when less than this many seconds of it are left.
-    margin_s: float = 300.0
+    margin_s: float
 
     def _key(self, href: str) -> str | None:  # pragma: no cover - abstract
         raise NotImplementedError
@@ -133,8 +132,10 @@ class SasTokenSigner(_CachedTokenSigner):
     'http://example.org/x.tif'
     """
 
-    endpoint: str = ""
+    endpoint: str
     hosts: tuple[str, ...] = ()
+    #: Renew a cached token when less than this many seconds of it are left.
+    margin_s: float = 300.0
 
     def _key(self, href: str) -> str | None:
         parts = urlsplit(href)
@@ -163,6 +164,9 @@ class PlanetaryComputerSigner(_CachedTokenSigner):
     >>> PlanetaryComputerSigner().sign("s3://bucket/x.tif")
     's3://bucket/x.tif'
     """
+
+    #: Renew a cached token when less than this many seconds of it are left.
+    margin_s: float = 300.0
 
     def _key(self, href: str) -> str | None:
         host = (urlsplit(href).hostname or "").lower()
