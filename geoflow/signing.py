@@ -189,9 +189,14 @@ class PlanetaryComputerSigner(_CachedTokenSigner):
 
 
 def _planetary_computer() -> Any:
+    import warnings
+
     try:
-        import planetary_computer
-        import planetary_computer.sas
+        with warnings.catch_warnings():
+            # planetary-computer 1.0's pydantic models warn on import under pydantic 2.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import planetary_computer
+            import planetary_computer.sas
     except ImportError:
         raise CatalogError("signing Planetary Computer asset URLs needs the planetary-computer "
                            "package, which is not installed",

@@ -1,0 +1,115 @@
+"""Catalog profiles on real items (tests/data/real_items, see its README) and their rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from geoflow.catalog import scenes_from_items
+from geoflow.errors import CatalogError, CubeError
+from geoflow.profiles import (
+    PROFILES,
+    get_profile,
+    guess_profile,
+    item_offset,
+    normalize_item,
+    s2_offset,
+    sensor_of,
+)
+from geoflow.sentinel import S2_BANDS
+
+DATA = Path(__file__).parent / "data" / "real_items"
+
+
+def _load(name: str) -> dict:
+    return json.loads((DATA / name).read_text())
+
+
+def test_planetary_computer_item_parses_as_published() -> None:
+    raw = _load("planetary-computer-s2-l2a.json")
+    before = json.dumps(raw, sort_keys=True)
+    scenes = scenes_from_items([raw], signer=None)
+    assert json.dumps(raw, sort_keys=True) == before  # the user's item is not changed
+    item = scenes.s2[0]
+    props = item["properties"]
+    assert props["geoflow:profile"] == "planetary-computer"  # from its links' host
+    assert set(item["assets"]) == {*S2_BANDS, "SCL"}
+    assert item["assets"]["B8A"]["href"].endswith("_B8A_20m.tif")
+    assert item["assets"]["SCL"]["proj:transform"][0] == 20.0
+    assert props["geoflow:offset"] == 0.0  # baseline 02.12: no offset
+    assert props["eo:cloud_cover"] == pytest.approx(0.314306)
+    assert props["proj:epsg"] == 32606
+    assert scenes.summary()[0]["cloud_cover"] == pytest.approx(0.314306)
+    # The workers sign its blob hrefs with Planetary Computer's signer.
+    assert [type(s).__name__ for s in scenes.signers] == ["PlanetaryComputerSigner"]
+
+
+def test_earth_search_item_parses_as_published_and_its_offset_is_not_removed_twice() -> None:
+    raw = _load("earth-search-s2-l2a.json")
+    assert guess_profile(raw["links"][0]["href"]).name == "earth-search"
+    prof = get_profile("earth-search")
+    # The published example has four bands: the others are named with their ES keys.
+    with pytest.raises(CubeError, match=r"B05 \(rededge1\)") as err:
+        normalize_item(raw, "s2", prof)
+    assert "lacks assets" in str(err.value) and "SCL (scl)" in str(err.value)
+    four = prof.with_assets(s2={k: "red" for k in ("B05", "B06", "B07", "B8A", "B11", "B12",
+                                                   "SCL")})
+    item = normalize_item(raw, "s2", four)
+    assert item["assets"]["B02"]["href"].endswith("/B02.tif")  # "blue"
+    assert item["assets"]["B08"]["href"].endswith("/B08.tif")  # "nir"
+    # Baseline 05.09 and raster:bands offset -0.1, but Earth Search says the COGs already had
+    # the offset removed: 0, once.
+    assert item["properties"]["geoflow:offset"] == 0.0
+    assert item["properties"]["eo:cloud_cover"] == pytest.approx(1.286568)
+    assert item["properties"]["proj:epsg"] == 32722
+    assert sensor_of(raw) == "s2"
+    # Normalising again keeps the decision (no second offset).
+    assert normalize_item(item, "s2", prof)["properties"]["geoflow:offset"] == 0.0
+
+
+@pytest.mark.parametrize(("props", "band", "offset"), [
+    ({"s2:processing_baseline": "05.09"}, {}, -1000.0),
+    ({"s2:processing_baseline": "03.01"}, {}, 0.0),
+    ({"s2:processing_baseline": "05.09", "earthsearch:boa_offset_applied": True},
+     {"raster:bands": [{"scale": 0.0001, "offset": -0.1}]}, 0.0),
+    ({"s2:processing_baseline": "05.09", "earthsearch:boa_offset_applied": False},
+     {"raster:bands": [{"scale": 0.0001, "offset": -0.1}]}, -1000.0),
+    ({"s2:processing_baseline": "02.12"}, {"raster:bands": [{"scale": 0.0001, "offset": 0}]},
+     0.0),
+    ({"geoflow:offset": -1000.0, "earthsearch:boa_offset_applied": True}, {}, -1000.0),
+])
+def test_offset_rules(props: dict, band: dict, offset: float) -> None:
+    assert item_offset({"id": "x", "properties": props, "assets": {"B04": band}}) == offset
+
+
+def test_offset_rule_refuses_another_scale() -> None:
+    with pytest.raises(CubeError, match="scale"):
+        item_offset({"id": "x", "properties": {},
+                     "assets": {"B04": {"raster:bands": [{"scale": 2e-4, "offset": -0.2}]}}})
+    assert s2_offset("04.00") == -1000.0
+
+
+def test_profiles_are_guessed_from_hosts_and_named_clearly() -> None:
+    assert guess_profile("https://planetarycomputer.microsoft.com/api/stac/v1").signer == (
+        "planetary-computer")
+    assert guess_profile("https://earth-search.aws.element84.com/v1").s1_collection is None
+    assert guess_profile("https://example.org/stac").name == "generic"
+    assert guess_profile("https://evil-planetarycomputer.microsoft.com.example.org").name == (
+        "generic")
+    with pytest.raises(CatalogError, match="unknown catalog profile 'aws'"):
+        get_profile("aws")
+    assert set(PROFILES) == {"planetary-computer", "earth-search", "generic"}
+
+
+def test_sentinel1_grd_and_unknown_items_are_refused() -> None:
+    grd = {"id": "g", "properties": {"platform": "SENTINEL-1A", "sar:product_type": "GRD",
+                                     "proj:epsg": 32632}, "assets": {}}
+    with pytest.raises(CatalogError, match="radar geometry"):
+        normalize_item(grd, "s1", PROFILES["generic"])
+    with pytest.raises(CatalogError, match="neither Sentinel-2 nor Sentinel-1"):
+        scenes_from_items([{"id": "l8", "collection": "landsat-c2-l2", "properties": {},
+                            "assets": {}}])
+    with pytest.raises(CatalogError, match="ItemCollection or a list"):
+        scenes_from_items(42)
