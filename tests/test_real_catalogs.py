@@ -210,3 +210,21 @@ def test_planetary_computer_signer_uses_the_package_and_its_token_endpoint(
     assert fresh != signed and srv.counts["tokens"] == 2
     assert pc.sign("https://example.org/x.tif") == "https://example.org/x.tif"
     assert strip_secrets(signed) == href
+
+
+def test_cli_search_takes_a_profile_and_a_sentinel1_catalog(
+        stac_url: str, region: Any, capsys: pytest.CaptureFixture[str]) -> None:
+    from geoflow.cli import main as cli_main
+
+    bbox, dates = region
+    args = ["search", "--catalog", stac_url, "--bbox", ",".join(map(str, bbox)), "--dates",
+            dates, "--json"]
+    assert cli_main([*args, "--s1-catalog", stac_url, "--profile", "generic"]) in (0, None)
+    rows = json.loads(capsys.readouterr().out)
+    assert {r["sensor"] for r in rows} == {"S1", "S2"}
+    # The archive's items have Planetary Computer's keys: the Earth Search profile says so.
+    with pytest.raises(SystemExit) as exit_:
+        cli_main([*args, "--profile", "earth-search"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "lacks assets" in err and "B02 (blue)" in err
