@@ -709,6 +709,11 @@ def create_archive(
     digest = hashlib.sha256()
     for cid, items in ((S2_COLLECTION, s2_items), (S1_COLLECTION, s1_items)):
         coll = _collection(cid, bbox, start, end)
+        if profile == "earth-search" and cid == S2_COLLECTION:
+            from geoflow.profiles import PROFILES
+
+            keys = PROFILES["earth-search"].s2_assets  # the item_assets under ES's keys too
+            coll["item_assets"] = {keys[k]: v for k, v in coll["item_assets"].items()}
         (root / "collections" / f"{cid}.json").write_text(json.dumps(coll, indent=1) + "\n")
         text = "".join(json.dumps(it, separators=(",", ":")) + "\n" for it in items)
         (root / "items" / f"{cid}.ndjson").write_text(text)
