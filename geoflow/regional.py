@@ -35,7 +35,7 @@ from geoflow import session
 from geoflow._cluster import gdal_settings
 from geoflow._options import RunOptions
 from geoflow._progress import auto_progress, check_progress
-from geoflow.errors import GeoflowError, RequestError, RunFailedError
+from geoflow.errors import GeoflowError, RequestError, RunFailedError, strip_secrets
 from geoflow.retry import ChunkFailure, Clock, RetryPolicy, assets_are_local, attempt, short_error
 
 #: Futures in flight per worker: enough to keep each busy while the client handles results.
@@ -141,12 +141,12 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
 
         attempt(write, "writing the chunk", spec.retry, spec.clock)
     except ChunkFailure as err:
-        reason = str(err)
+        reason = strip_secrets(str(err))  # signed hrefs in a GDAL message lose their tokens
         store.record_failure(chunk.id, reason)
         return {"chunk": chunk.id, "status": "failed", "reason": reason,
                 "seconds": time.perf_counter() - t0}
     except GeoflowError as err:
-        reason = f"{type(err).__name__}: {err}"
+        reason = f"{type(err).__name__}: {err}"  # GeoflowError messages are stripped already
         store.record_failure(chunk.id, reason)
         return {"chunk": chunk.id, "status": "failed", "reason": reason,
                 "seconds": time.perf_counter() - t0}
@@ -457,7 +457,6 @@ def _map_region(job: _Job, scenes: Any, *, out: str | os.PathLike[str] | None, c
     reuse the chunk loop unchanged.
     """
     from geoflow.catalog import CatalogSettings
-    from geoflow.errors import strip_secrets
 
     request, loaded, stride, patch = job.request, job.loaded, job.stride, job.patch
     plan = plan if plan is not None else job.plan()

@@ -25,6 +25,7 @@ Examples
 
 from __future__ import annotations
 
+import re
 import threading
 import time
 from collections.abc import Sequence
@@ -252,9 +253,15 @@ def sign_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                               for k, a in (it.get("assets") or {}).items()}} for it in items]
 
 
-def _forbidden(err: BaseException) -> bool:
+_FORBIDDEN = re.compile(r"(?i)\b403\b|forbidden|authenticationfailed|accessdenied")
+
+
+def _forbidden(err: BaseException, *urls: str) -> bool:
+    """Whether ``err`` is an HTTP 403 (the URLs themselves, which may hold "403", left out)."""
     text = str(err)
-    return "403" in text or "forbidden" in text.lower()
+    for url in urls:
+        text = text.replace(url, "")
+    return bool(_FORBIDDEN.search(text))
 
 
 def open_raster(href: str) -> Any:
@@ -268,7 +275,7 @@ def open_raster(href: str) -> Any:
     try:
         return rasterio.open(url)
     except Exception as err:
-        if url == href or not _forbidden(err):
+        if url == href or not _forbidden(err, url, href):
             raise
     from geoflow.retry import clear_gdal_http_cache
 

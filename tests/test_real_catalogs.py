@@ -238,3 +238,85 @@ def test_cli_search_takes_a_profile_and_a_sentinel1_catalog(
     assert exit_.value.code == 2
     err = capsys.readouterr().err
     assert "lacks assets" in err and "B02 (blue)" in err
+
+
+def test_a_signature_that_keeps_failing_fails_its_chunks_without_leaking_it(
+        region: Any, small_archive: Path, client: Any, model_path: str, tmp_path: Path) -> None:
+    from _signing_server import SigningServer
+
+    from geoflow.errors import RunFailedError
+
+    signing.reset()
+    # Every token is born expired: each open is refused, re-signed once, refused again.
+    with SigningServer(Path(small_archive), ttl_s=-1.0, announce_s=30.0) as srv:
+        signer = signing.SasTokenSigner(f"{srv.url}/token", hosts=(srv.host,))
+        bbox, dates = region
+        out = tmp_path / "refused.zarr"
+        with pytest.raises(RunFailedError) as err:
+            classify_region(bbox, dates, items=_items(Path(small_archive), srv.url),
+                            signer=signer, client=client, model=model_path, chunk_patches=8,
+                            retry=FAST, progress=False, out=str(out))
+    assert "403" in str(err.value) and err.value.failures
+    assert signing.stats()["resigned"] >= 1
+    written = "".join(p.read_text(errors="ignore") for p in tmp_path.rglob("*")
+                      if p.is_file() and p.suffix in ("", ".json"))
+    for text in (str(err.value), *err.value.failures.values(), written):
+        assert "sig=" not in text and "se=" not in text
+
+
+def test_the_default_catalog_from_the_environment_gets_its_profile(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    pytest.importorskip("planetary_computer")
+    from geoflow import session
+    from geoflow.catalog import split_catalogs
+
+    monkeypatch.setenv("GEOFLOW_STAC_URL", "https://planetarycomputer.microsoft.com/api/stac/v1")
+    cats = split_catalogs(session.get_catalog(None))
+    assert cats["s2"].profile_name == "planetary-computer"
+    assert isinstance(cats["s2"].href_signer(), signing.PlanetaryComputerSigner)
+    monkeypatch.setenv("GEOFLOW_STAC_URL", "https://earth-search.aws.element84.com/v1")
+    cats = split_catalogs(session.get_catalog(None))
+    assert cats["s2"].profile_name == "earth-search" and cats["s2"].s1_collection is None
+    assert cats["s2"].href_signer() is None
+
+
+def test_reprocess_fetches_from_the_recorded_catalogs() -> None:
+    from geoflow.reprocess import _pinned_catalog
+
+    attrs = {"stac_catalog": {"url": "https://earth-search.aws.element84.com/v1",
+                              "s2_collection": "sentinel-2-l2a", "profile": "earth-search",
+                              "s1_url": "https://planetarycomputer.microsoft.com/api/stac/v1",
+                              "s1_collection": "sentinel-1-rtc",
+                              "s1_profile": "planetary-computer"}}
+    cats = _pinned_catalog(attrs, None)
+    assert cats["s2"].profile_name == "earth-search" and cats["s2"].s1_collection is None
+    assert cats["s1"].profile_name == "planetary-computer"
+    assert cats["s1"].s1_collection == "sentinel-1-rtc"
+
+
+def test_stackstac_reads_are_signed_too(region: Any, small_archive: Path,
+                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    from _signing_server import SigningServer
+
+    from geoflow.cube import build_cube
+    from geoflow.grid import GridSpec
+
+    bbox, _ = region
+    w, s, e, n = bbox
+    grid = GridSpec.from_bbox((w, s, (w + e) / 2, (s + n) / 2), align=32)
+    local = scenes_from_items(_items(Path(small_archive), Path(small_archive).as_uri()))
+    expected = build_cube(local, grid).compute(scheduler="sync")
+    monkeypatch.setenv("GEOFLOW_CUBE_READER", "stackstac")  # the general (warped) reader
+    signing.reset()
+    with SigningServer(Path(small_archive), ttl_s=60.0) as srv:
+        remote = scenes_from_items(_items(Path(small_archive), srv.url), signer=(
+            signing.SasTokenSigner(f"{srv.url}/token", hosts=(srv.host,))))
+        signing.activate(remote.signers)
+        try:
+            got = build_cube(remote, grid).compute(scheduler="sync")
+        finally:
+            signing.activate(())
+        assert srv.counts["served"] > 0 and srv.counts["forbidden"] == 0
+    for var in ("reflectance", "scl", "sar"):
+        np.testing.assert_allclose(got[var].values, expected[var].values, rtol=0, atol=1e-6,
+                                   err_msg=var)
