@@ -107,8 +107,12 @@ class CatalogSettings:
 
     def __post_init__(self) -> None:
         if self.client is not None and not self.url:
-            href = getattr(self.client, "get_self_href", lambda: None)()
-            object.__setattr__(self, "url", str(href or ""))
+            href = self.client.get_self_href()
+            if not re.match(r"^https?://", str(href or "")):
+                raise CatalogError(f"the pystac_client.Client has no http(s) self link "
+                                   f"({strip_secrets(str(href))})",
+                                   hint="open it from the STAC API root: Client.open(URL)")
+            object.__setattr__(self, "url", str(href))
         url = str(self.url).strip().rstrip("/")
         if not re.match(r"^https?://[^/\s]+", url):
             raise CatalogError(f"catalog URL {strip_secrets(url)!r} is not an http(s) URL",
@@ -134,6 +138,12 @@ class CatalogSettings:
                                     "/api/stac/v1'} (CLI --s1-catalog URL), or pass "
                                     "s1_collection=None")
 
+    def __repr__(self) -> str:
+        # Without credentials (user:password@, tokens) or headers (API keys): reprs get logged.
+        return (f"CatalogSettings({strip_secrets(self.url)!r}, profile={self.profile_name!r}, "
+                f"s2_collection={self.s2_collection!r}, s1_collection={self.s1_collection!r}, "
+                f"signer={self.signer!r}{', client=...' if self.client is not None else ''})")
+
     @property
     def profile_name(self) -> str:
         """The name of the profile in use."""
@@ -145,8 +155,11 @@ class CatalogSettings:
         return resolve_signer(self.signer if self.signer is not None else self.profile.signer)
 
     @classmethod
-    def coerce(cls, value: Any, profile: str | Profile | None = None) -> CatalogSettings:
+    def coerce(cls, value: Any, profile: str | Profile | None = None, *,
+               with_s1: bool = True) -> CatalogSettings:
         """Settings from a URL string, a ``pystac_client.Client``, or the settings themselves.
+
+        A URL or client gets its profile's collections (``with_s1=False``: Sentinel-2 only).
 
         Examples
         --------
@@ -155,14 +168,22 @@ class CatalogSettings:
         """
         if isinstance(value, CatalogSettings):
             return value
-        if isinstance(value, str):
-            prof = get_profile(profile, value)
-            return cls(value, s1_collection=None if prof.s1_refusal else prof.s1_collection,
-                       s2_collection=prof.s2_collection, profile=prof)
-        if type(value).__name__ == "Client" and hasattr(value, "search"):
-            prof = get_profile(profile, getattr(value, "get_self_href", lambda: None)())
-            return cls(s1_collection=None if prof.s1_refusal else prof.s1_collection,
-                       s2_collection=prof.s2_collection, profile=prof, client=value)
+        from pystac_client import Client
+
+        if isinstance(value, str | Client):
+            url = value if isinstance(value, str) else value.get_self_href()
+            prof = get_profile(profile, url)
+            if prof.s1_refusal and with_s1:
+                # Said, not raised: a URL alone asks for "whatever this catalog has".
+                log.warning("%s; mapping from Sentinel-2 only. For SAR pass catalog={'s2': URL, "
+                            "'s1': 'https://planetarycomputer.microsoft.com/api/stac/v1'} "
+                            "(CLI --s1-catalog)", prof.s1_refusal)
+            kwargs: dict[str, Any] = {"s2_collection": prof.s2_collection, "profile": prof,
+                                      "s1_collection": None if prof.s1_refusal or not with_s1
+                                      else prof.s1_collection}
+            if isinstance(value, str):
+                return cls(value, **kwargs)
+            return cls(client=value, **kwargs)
         raise CatalogError(f"catalog must be a URL, CatalogSettings or pystac_client.Client, got "
                            f"{type(value).__name__}",
                            hint="pass the STAC API URL, or {'s2': ..., 's1': ...} for one "
@@ -197,7 +218,9 @@ def split_catalogs(catalog: Any, profile: str | Profile | None = None
                 continue
             value = catalog[key]
             out[key] = (value if isinstance(value, CatalogSettings)
-                        else CatalogSettings.coerce(value, profile if key == "s2" else None))
+                        else CatalogSettings.coerce(value, profile if key == "s2" else None,
+                                                    with_s1=key == "s1" or "s1" not in catalog
+                                                    or catalog["s1"] is None))
         if not out:
             raise CatalogError("the catalog mapping names no catalog",
                                hint="use {'s2': URL, 's1': URL}")

@@ -193,6 +193,8 @@ def test_secrets_never_reach_the_store_or_its_stac_item(
                       if p.is_file() and p.suffix in ("", ".json"))
     assert "stac_catalog" in written and "s3cret" not in written and "ann:" not in written
     assert strip_secrets(f"see {url}/search") == f"see {stac_url}/search"
+    shown = repr(CatalogSettings(url, headers={"Ocp-Apim-Subscription-Key": "KEY"}))
+    assert "s3cret" not in shown and "KEY" not in shown and stac_url in shown
 
 
 def test_planetary_computer_signer_uses_the_package_and_its_token_endpoint(
