@@ -57,7 +57,7 @@ from geoflow.profiles import (
     s2_offset,
 )
 from geoflow.sentinel import CLOUDY_SCL, S1_BANDS, S2_BANDS
-from geoflow.signing import open_raster, sign_items
+from geoflow.signing import current, open_raster, sign_items
 
 #: Polarisation coordinate labels of the ``sar`` variable (asset keys upper-cased).
 POLARIZATIONS = tuple(b.upper() for b in S1_BANDS)
@@ -385,7 +385,8 @@ def _close(entry: tuple[Any, threading.Lock] | None) -> None:
 
 def _usable(entry: tuple[Any, threading.Lock] | None, href: str) -> bool:
     return (entry is not None and not entry[0].closed and _same_file(entry[0], href)
-            and getattr(entry[0], "geoflow_session", None) == _SESSION[0])
+            and getattr(entry[0], "geoflow_session", None) == _SESSION[0]
+            and current(entry[0], href))  # its signature not renewed since (geoflow.signing)
 
 
 def _open_cached(href: str) -> tuple[Any, threading.Lock]:

@@ -4,8 +4,9 @@ Some catalogs (Planetary Computer) hand out asset URLs that must be signed with 
 expires (about an hour). Signing the items on the client at search time would fail the chunks
 that run after the expiry, so geoflow keeps the items unsigned and signs each href where it
 is opened (:func:`open_raster`, called by the cube's reader): tokens are cached per process
-until shortly before they expire, and an HTTP 403 (an expired or revoked signature) re-signs
-with a fresh token and retries once.
+until shortly before they expire; a kept-open dataset whose token was renewed is reopened
+(:func:`current`), and an open or read that is refused (HTTP 403 for an expired or revoked
+signature, which GDAL does not always name) re-signs with a fresh token and retries once.
 
 A signer is any picklable object with ``sign(href, refresh=False) -> str`` (the
 :class:`HrefSigner` protocol); it returns hrefs it does not own unchanged, so several can be
@@ -25,7 +26,7 @@ Examples
 
 from __future__ import annotations
 
-import re
+import contextlib
 import threading
 import time
 from collections.abc import Sequence
@@ -53,7 +54,7 @@ class HrefSigner(Protocol):
 #: Per process: token cache key -> (token, expiry as epoch seconds).
 _TOKENS: dict[str, tuple[str, float]] = {}
 _LOCK = threading.Lock()
-#: Per process counters: tokens fetched, and re-signs forced by an HTTP 403.
+#: Per process counters: tokens fetched, and re-signs forced by a refused open or read.
 _STATS = {"tokens": 0, "resigned": 0}
 #: Signers of the run this process is reading for (set on each worker per chunk).
 _ACTIVE: list[tuple[HrefSigner, ...]] = [()]
@@ -81,6 +82,18 @@ class _CachedTokenSigner:
 
     def _fetch(self, key: str) -> tuple[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError
+
+    def peek(self, href: str) -> str | None:
+        """``href`` signed with the cached token if it is still fresh, else None (no request);
+        ``href`` itself when this signer does not own it."""
+        key = self._key(href)
+        if key is None:
+            return href
+        with _LOCK:
+            cached = _TOKENS.get(key)
+        if cached is None or cached[1] - time.time() < self.margin_s:
+            return None
+        return _with_token(href, cached[0])
 
     def sign(self, href: str, refresh: bool = False) -> str:
         """``href`` with a token for its container (unchanged if this signer does not own it).
@@ -245,6 +258,21 @@ def sign(href: str, refresh: bool = False) -> str:
     return href
 
 
+def current(src: Any, href: str) -> bool:
+    """Whether a dataset opened by :func:`open_raster` still holds the current signature of
+    ``href`` (no request is made): a kept-open dataset is reopened when its token was
+    renewed, instead of waiting for its next read to be refused."""
+    signed = getattr(src, "geoflow_signed", None)
+    if signed is None:
+        return True
+    for signer in _ACTIVE[0]:
+        peek = getattr(signer, "peek", None)
+        fresh = peek(href) if peek is not None else signer.sign(href)
+        if fresh != href:
+            return bool(fresh == signed)
+    return False
+
+
 def sign_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Copies of ``items`` with every asset href signed (for readers geoflow cannot hook)."""
     if not _ACTIVE[0]:
@@ -253,40 +281,75 @@ def sign_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
                               for k, a in (it.get("assets") or {}).items()}} for it in items]
 
 
-_FORBIDDEN = re.compile(r"(?i)\b403\b|forbidden|authenticationfailed|accessdenied")
+class _SignedDataset:
+    """A rasterio dataset opened from a signed URL. A read that fails (an expired or revoked
+    signature: GDAL reports a refused block read without its HTTP status) is retried once
+    on a dataset opened afresh with a new token. Everything else is the dataset's own."""
+
+    def __init__(self, src: Any, href: str, url: str) -> None:
+        self.__dict__.update(_src=src, _href=href, geoflow_signed=url)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_src"], name)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._src.closed)
+
+    def read(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._src.read(*args, **kwargs)
+        except Exception:
+            url = _resign(self._href)
+            with contextlib.suppress(Exception):
+                self._src.close()
+            self.__dict__.update(_src=_rasterio_open(url), geoflow_signed=url)
+            return self._src.read(*args, **kwargs)
+
+    def close(self) -> None:
+        self._src.close()
+
+    def __enter__(self) -> _SignedDataset:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
 
 
-def _forbidden(err: BaseException, *urls: str) -> bool:
-    """Whether ``err`` is an HTTP 403 (the URLs themselves, which may hold "403", left out)."""
-    text = str(err)
-    for url in urls:
-        text = text.replace(url, "")
-    return bool(_FORBIDDEN.search(text))
+def _rasterio_open(url: str) -> Any:
+    import rasterio
+
+    return rasterio.open(url)
+
+
+def _resign(href: str) -> str:
+    """A new signature for ``href`` (a new token), counted. GDAL's memory of the refused
+    answers needs no clearing: it is kept per URL, and the new URL differs."""
+    with _LOCK:
+        _STATS["resigned"] += 1
+    return sign(href, refresh=True)
 
 
 def open_raster(href: str) -> Any:
-    """``rasterio.open`` of ``href`` signed just now; on HTTP 403, re-signed with a new token
-    and opened once more (counted in :func:`stats`)."""
-    import rasterio
-
-    if not _ACTIVE[0]:
-        return rasterio.open(href)
-    url = sign(href)
+    """``rasterio.open`` of ``href`` signed just now. An open or a later read that fails is
+    tried once more with a new token (counted in :func:`stats`): GDAL often reports a refused
+    signature (HTTP 403) as "not recognized" or "read failed", without the status, and a new
+    token costs one small request. A fault that is not the signature's fails again, with its
+    own message. Without active signers, or for an href no signer owns, a plain open."""
+    url = sign(href) if _ACTIVE[0] else href
+    if url == href:
+        return _rasterio_open(href)
     try:
-        return rasterio.open(url)
-    except Exception as err:
-        if url == href or not _forbidden(err, url, href):
-            raise
-    from geoflow.retry import clear_gdal_http_cache
-
-    clear_gdal_http_cache()  # GDAL keeps a failed answer for the process
-    with _LOCK:
-        _STATS["resigned"] += 1
-    return rasterio.open(sign(href, refresh=True))
+        return _SignedDataset(_rasterio_open(url), href, url)
+    except Exception:
+        pass
+    url = _resign(href)
+    return _SignedDataset(_rasterio_open(url), href, url)
 
 
 def stats() -> dict[str, int]:
-    """This process's counts: ``tokens`` fetched, hrefs ``resigned`` after an HTTP 403."""
+    """This process's counts: ``tokens`` fetched, hrefs ``resigned`` after a refused open or
+    read."""
     with _LOCK:
         return dict(_STATS)
 
@@ -298,5 +361,5 @@ def reset() -> None:
         _STATS.update(tokens=0, resigned=0)
 
 
-__all__ = ["HrefSigner", "PlanetaryComputerSigner", "SasTokenSigner", "activate",
+__all__ = ["HrefSigner", "PlanetaryComputerSigner", "SasTokenSigner", "activate", "current",
            "open_raster", "resolve_signer", "sign", "sign_items", "stats"]

@@ -145,37 +145,48 @@ def test_one_catalog_per_sensor(stac_url: str, region: Any) -> None:
     assert split.s1_settings is not None and split.settings.s1_collection is None
 
 
-def test_signing_lasts_past_the_token_life(region: Any, small_archive: Path, client: Any,
+def test_signing_lasts_past_the_token_life(region: Any, small_archive: Path,
                                            model_path: str, reference: Any,
                                            tmp_path: Path) -> None:
     from _signing_server import SigningServer
 
+    from geoflow._cluster import close_local_cluster, gdal_settings, new_local_cluster
+
     ttl = 0.6
-    signing.reset()
-    # Tokens announced for 30 s but honoured for 0.6 s: the signer trusts the announced time,
-    # so expired signatures are met as HTTP 403 and re-signed with a forced refresh.
-    with SigningServer(Path(small_archive), ttl_s=ttl, announce_s=30.0) as srv:
-        signer = signing.SasTokenSigner(f"{srv.url}/token", hosts=(srv.host,), margin_s=0.2)
-        items = _items(Path(small_archive), srv.url)
+    # Worker processes, as in a real deployment: the signer travels pickled in the task spec,
+    # and each worker keeps its own token cache.
+    cluster, cl = new_local_cluster(2, gdal_settings())
+    try:
+        cl.run(signing.reset)
+        # Tokens honoured for 0.6 s but announced for 1 s (a clock that disagrees): the signer
+        # renews them before the announced expiry, and meets the rest as HTTP 403, re-signing
+        # with a new token.
+        with SigningServer(Path(small_archive), ttl_s=ttl, announce_s=1.0) as srv:
+            signer = signing.SasTokenSigner(f"{srv.url}/token", hosts=(srv.host,),
+                                            margin_s=0.2)
+            items = _items(Path(small_archive), srv.url)
 
-        def slow(event: dict[str, Any]) -> None:
-            time.sleep(0.08)  # keep the run longer than the token's life
+            def slow(event: dict[str, Any]) -> None:
+                time.sleep(0.08)  # keep the run longer than the token's life
 
-        bbox, dates = region
-        out = tmp_path / "signed.zarr"
-        t0 = time.perf_counter()
-        ds = classify_region(bbox, dates, items=items, signer=signer, client=client,
-                             model=model_path, chunk_patches=2, retry=FAST, progress=slow,
-                             out=str(out))
-        took = time.perf_counter() - t0
-        counts = dict(srv.counts)
+            bbox, dates = region
+            out = tmp_path / "signed.zarr"
+            t0 = time.perf_counter()
+            ds = classify_region(bbox, dates, items=items, signer=signer, client=cl,
+                                 model=model_path, chunk_patches=2, retry=FAST, progress=slow,
+                                 out=str(out))
+            took = time.perf_counter() - t0
+            counts = dict(srv.counts)
+        per_worker = cl.run(signing.stats)
+    finally:
+        close_local_cluster(cluster, cl)
+    resigned = sum(s["resigned"] for s in per_worker.values())
     print(f"run {took:.1f} s, {ds.attrs['run']['chunks_computed']} chunks, server {counts}, "
-          f"signing {signing.stats()}")
+          f"workers {per_worker}")
     assert took > 2 * ttl
     assert ds.attrs["run"]["failures"] == {}
     _same(ds, reference)
-    assert counts["tokens"] >= 2 and counts["forbidden"] >= 1
-    assert signing.stats()["resigned"] >= 1  # the in-process worker's count
+    assert counts["tokens"] >= 2 and counts["forbidden"] >= 1 and resigned >= 1
     # No signature reaches the store or its STAC item.
     written = "".join(p.read_text(errors="ignore") for p in tmp_path.rglob("*")
                       if p.is_file() and p.suffix in ("", ".json"))
