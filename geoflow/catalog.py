@@ -678,7 +678,7 @@ def fetch_scenes(settings: Any, s2_ids: list[str], s1_ids: list[str], *,
 
 
 def scenes_from_items(items: Any, profile: str | Profile | None = None,
-                      signer: Any = None) -> SceneSet:
+                      signer: Any = None, request: Request | None = None) -> SceneSet:
     """A :class:`SceneSet` from items a user found: bring your own search.
 
     Parameters
@@ -694,6 +694,9 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
         As :class:`CatalogSettings`' ``signer``; None: the profiles' (Planetary Computer's
         signer for its items). Signatures the items carry are dropped and made afresh on the
         workers.
+    request
+        If given, items outside its dates or bbox are left out, as a search would (a
+        Sentinel-2 scene must remain).
 
     Examples
     --------
@@ -721,13 +724,18 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
             raise CatalogError(f"item {item.get('id')!r} is neither Sentinel-2 nor Sentinel-1 "
                                "(by collection, constellation or platform)",
                                hint="pass Sentinel-2 L2A and Sentinel-1 RTC items only")
+        if request is not None and not _in_request(item, request):
+            continue
         prof = get_profile(profile) if profile is not None else _item_profile(item)
         if prof not in profiles:
             profiles.append(prof)
         found[sensor].append(normalize_item(item, sensor, prof))
     if not found["s2"]:
-        raise NoScenesError("the items hold no Sentinel-2 scene",
-                            hint="pass Sentinel-2 L2A items (and Sentinel-1 RTC items)")
+        where = (f" in bbox {list(request.bbox)} and dates {request.datetime}"
+                 if request is not None else "")
+        raise NoScenesError(f"the items hold no Sentinel-2 scene{where}",
+                            hint="pass Sentinel-2 L2A items (and Sentinel-1 RTC items) of the "
+                                 "region and period")
     out: list[HrefSigner] = []
     for prof in profiles:
         resolved = resolve_signer(signer if signer is not None else prof.signer)
@@ -737,6 +745,28 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
     return SceneSet(s2=sorted({i["id"]: i for i in found["s2"]}.values(), key=key),
                     s1=sorted({i["id"]: i for i in found["s1"]}.values(), key=key),
                     signers=tuple(out))
+
+
+def _in_request(item: Mapping[str, Any], request: Request) -> bool:
+    """Whether an item's time falls in the request's dates and its bbox meets the region."""
+    import pandas as pd
+
+    props = item.get("properties") or {}
+    when = props.get("datetime") or props.get("start_datetime")
+    if when:
+        ts = pd.Timestamp(when)
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        start, end = (pd.Timestamp(t) for t in (request.start, request.end))
+        start = start.tz_localize("UTC") if start.tzinfo is None else start
+        end = end.tz_localize("UTC") if end.tzinfo is None else end
+        if not start <= ts <= end:
+            return False
+    ib = item.get("bbox")
+    if ib:
+        w, s_, e, n = (float(ib[i]) for i in ((0, 1, 3, 4) if len(ib) == 6 else (0, 1, 2, 3)))
+        bw, bs, be, bn = request.bbox
+        return w < be and e > bw and s_ < bn and n > bs
+    return True
 
 
 def _item_profile(item: Mapping[str, Any]) -> Profile:

@@ -390,7 +390,6 @@ def _usable(entry: tuple[Any, threading.Lock] | None, href: str) -> bool:
 
 
 def _open_cached(href: str) -> tuple[Any, threading.Lock]:
-
     with _OPEN_LOCK:
         entry = _OPEN.get(href)
         if _usable(entry, href):
@@ -421,7 +420,6 @@ def _open_cached(href: str) -> tuple[Any, threading.Lock]:
 
 def _read_window(href: str, window: Any) -> tuple[np.ndarray, Any]:
     """Band 1 in ``window`` and the nodata value; a kept-open dataset inside a read session."""
-
     try:
         if _SESSION[0] is None:  # outside a regional run: open, read, close
             with open_raster(href) as src:

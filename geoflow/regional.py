@@ -308,9 +308,9 @@ def classify_region(
         use their own credentials.
     items
         Bring your own search: a pystac ``ItemCollection`` or a list of Sentinel-2 (and
-        Sentinel-1) items or item dicts, used instead of searching ``catalog`` (the bbox and
-        dates still set the grid and are checked). Signatures they carry are made afresh on
-        the workers.
+        Sentinel-1) items or item dicts, used instead of searching ``catalog``; items outside
+        the bbox and dates are left out, as a search would. Signatures they carry are made
+        afresh on the workers.
     profile
         ``"planetary-computer"``, ``"earth-search"`` or ``"generic"``: overrides the profile
         guessed for ``catalog`` URLs or for ``items``.
@@ -363,7 +363,7 @@ def classify_region(
         if catalog is not None:
             raise RequestError("pass catalog= or items=, not both",
                                hint="items= replaces the search of a catalog")
-        scenes = scenes_from_items(items, profile=profile, signer=signer)
+        scenes = scenes_from_items(items, profile=profile, signer=signer, request=request)
         scenes.request = request
     else:
         settings = session.get_catalog(catalog)

@@ -113,3 +113,16 @@ def test_sentinel1_grd_and_unknown_items_are_refused() -> None:
                             "assets": {}}])
     with pytest.raises(CatalogError, match="ItemCollection or a list"):
         scenes_from_items(42)
+
+
+def test_items_outside_the_request_are_left_out_as_a_search_would() -> None:
+    from geoflow.errors import NoScenesError
+    from geoflow.request import Request
+
+    raw = _load("planetary-computer-s2-l2a.json")  # Alaska, 2019-06-29
+    inside = Request.from_user("-148.0,60.5,-147.9,60.6", "2019-06-01/2019-06-30")
+    assert [i["id"] for i in scenes_from_items([raw], request=inside).s2] == [raw["id"]]
+    for bbox, dates in (("10.0,53.5,10.1,53.6", "2019-06-01/2019-06-30"),
+                        ("-148.0,60.5,-147.9,60.6", "2019-07-01/2019-07-31")):
+        with pytest.raises(NoScenesError, match="no Sentinel-2 scene in bbox"):
+            scenes_from_items([raw], request=Request.from_user(bbox, dates))
