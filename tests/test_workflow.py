@@ -20,7 +20,8 @@ def _write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "example-region.yaml", "reprocess-example.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "example-region.yaml", "reprocess-example.yaml",
+                                  "earth-search-region.yaml"])
 def test_shipped_workflows_load(name):
     wf = load_workflow(WORKFLOWS / name)
     assert wf.source == str(WORKFLOWS / name) and wf.name
@@ -204,8 +205,10 @@ PC_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
 
 
 def test_catalog_profile_and_one_catalog_per_sensor_in_specs():
+    shipped = load_workflow(WORKFLOWS / "earth-search-region.yaml").catalog_settings()
     wf = Workflow.from_dict({**BASE, "catalog": {"url": ES_URL, "s1_url": PC_URL}})
     cats = wf.catalog_settings()
+    assert repr(shipped) == repr(cats)
     assert cats["s2"].profile_name == "earth-search" and cats["s2"].s1_collection is None
     assert cats["s1"].profile_name == "planetary-computer"
     assert cats["s1"].s1_collection == "sentinel-1-rtc" and cats["s1"].s2_collection is None
