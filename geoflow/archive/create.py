@@ -41,6 +41,7 @@ import numpy as np
 
 from geoflow.archive import _clouds, _world
 from geoflow.errors import ArchiveError
+from geoflow.profiles import S2_SCALE, s2_offset
 
 # --------------------------------------------------------------------------- layout constants
 
@@ -55,9 +56,10 @@ S2_COLLECTION = "sentinel-2-l2a"
 S1_COLLECTION = "sentinel-1-rtc"
 COLLECTIONS: tuple[str, ...] = (S2_COLLECTION, S1_COLLECTION)
 PROCESSING_BASELINE = "05.10"
-#: L2A digital numbers since processing baseline 04.00: DN = reflectance * 10000 + 1000.
-BOA_QUANTIFICATION = 10_000
-BOA_ADD_OFFSET = 1_000
+#: L2A digital numbers since processing baseline 04.00: DN = reflectance * 10000 + 1000 (the
+#: rule geoflow.profiles reads them with; the archive takes it from there).
+BOA_QUANTIFICATION = int(S2_SCALE)
+BOA_ADD_OFFSET = int(-s2_offset(PROCESSING_BASELINE))
 S1_NODATA = -32768.0
 TRUTH_PATH = "truth/landcover.tif"
 ARCHIVE_JSON = "archive.json"
@@ -532,7 +534,7 @@ def _as_earth_search(item: dict[str, Any]) -> dict[str, Any]:
     constellation, MGRS and grid properties, and the offset stated in ``raster:bands`` with
     ``earthsearch:boa_offset_applied: false`` (the COGs keep the +1000 DN of baseline 05.10,
     so the files are the generic archive's, byte for byte)."""
-    from geoflow.profiles import PROFILES, S2_SCALE, s2_offset
+    from geoflow.profiles import PROFILES
 
     keys = PROFILES["earth-search"].s2_assets
     props = dict(item["properties"])
