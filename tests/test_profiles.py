@@ -46,27 +46,75 @@ def test_planetary_computer_item_parses_as_published() -> None:
     assert [type(s).__name__ for s in scenes.signers] == ["PlanetaryComputerSigner"]
 
 
+# Earth Search v1 asset keys -> geoflow's canonical bands; its COG files are named canonically.
+_ES_KEYS = {"B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1", "B06": "rededge2",
+            "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B11": "swir16", "B12": "swir22",
+            "SCL": "scl"}
+
+
 def test_earth_search_item_parses_as_published_and_its_offset_is_not_removed_twice() -> None:
-    raw = _load("earth-search-s2-l2a.json")
+    raw = _load("earth-search-s2-l2a.json")  # baseline 04.00, boa_offset_applied true
+    before = json.dumps(raw, sort_keys=True)
+    scenes = scenes_from_items([raw], signer=None)
+    assert json.dumps(raw, sort_keys=True) == before  # the user's item is not changed
+    item = scenes.s2[0]
+    props = item["properties"]
+    assert props["geoflow:profile"] == "earth-search"  # from its self link's host
     assert guess_profile(raw["links"][0]["href"]).name == "earth-search"
-    prof = get_profile("earth-search")
-    # The published example has four bands: the others are named with their ES keys.
-    with pytest.raises(CubeError, match=r"B05 \(rededge1\)") as err:
-        normalize_item(raw, "s2", prof)
-    assert "lacks assets" in str(err.value) and "SCL (scl)" in str(err.value)
-    four = prof.with_assets(s2={k: "red" for k in ("B05", "B06", "B07", "B8A", "B11", "B12",
-                                                   "SCL")})
-    item = normalize_item(raw, "s2", four)
-    assert item["assets"]["B02"]["href"].endswith("/B02.tif")  # "blue"
-    assert item["assets"]["B08"]["href"].endswith("/B08.tif")  # "nir"
-    # Baseline 05.09 and raster:bands offset -0.1, but Earth Search says the COGs already had
-    # the offset removed: 0, once.
-    assert item["properties"]["geoflow:offset"] == 0.0
-    assert item["properties"]["eo:cloud_cover"] == pytest.approx(1.286568)
-    assert item["properties"]["proj:epsg"] == 32722
+    assert set(item["assets"]) == {*S2_BANDS, "SCL"} == set(_ES_KEYS)
+    cogs = ("https://sentinel-cogs.s3.us-west-2.amazonaws.com/sentinel-s2-l2a-cogs/33/T/WN/"
+            "2022/1/S2B_33TWN_20220130_0_L2A")
+    for canon, key in _ES_KEYS.items():
+        assert item["assets"][canon]["href"] == raw["assets"][key]["href"] == (
+            f"{cogs}/{canon}.tif"), canon
+    assert item["assets"]["B8A"]["proj:transform"][0] == 20
+    assert item["assets"]["SCL"]["raster:bands"][0]["data_type"] == "uint8"
+    # Baseline 04.00 and raster:bands offset -0.1 on every band, but Earth Search says the
+    # COGs already had the offset removed: 0, once.
+    assert raw["properties"]["s2:processing_baseline"] == "04.00"
+    assert raw["assets"]["red"]["raster:bands"][0]["offset"] == -0.1
+    assert props["geoflow:offset"] == 0.0
+    assert props["eo:cloud_cover"] == pytest.approx(55.048245)
+    assert props["proj:epsg"] == 32633
+    assert scenes.summary()[0]["cloud_cover"] == pytest.approx(55.048245)
     assert sensor_of(raw) == "s2"
     # Normalising again keeps the decision (no second offset).
-    assert normalize_item(item, "s2", prof)["properties"]["geoflow:offset"] == 0.0
+    assert normalize_item(item, "s2", get_profile("earth-search"))["properties"][
+        "geoflow:offset"] == 0.0
+    # The flag is what keeps the offset from being removed: without it, raster:bands decides.
+    unflagged = json.loads(before)
+    del unflagged["properties"]["earthsearch:boa_offset_applied"]
+    assert normalize_item(unflagged, "s2", get_profile("earth-search"))["properties"][
+        "geoflow:offset"] == -1000.0
+    # Read with another catalog's profile, the missing keys are named with the fix.
+    with pytest.raises(CubeError, match=r"lacks assets \['B02 \(B02\)'") as err:
+        normalize_item(raw, "s2", get_profile("planetary-computer"))
+    assert "Profile.with_assets" in str(err.value.hint)
+
+
+def test_earth_search_old_baseline_item_is_read_without_an_offset() -> None:
+    old = _load("earth-search-s2-l2a-baseline-00.01.json")  # 2016, boa_offset_applied false
+    new = _load("earth-search-s2-l2a.json")
+    scenes = scenes_from_items([new, old], signer=None)
+    assert [r["id"] for r in scenes.summary()] == [old["id"], new["id"]]  # by datetime
+    assert [r["cloud_cover"] for r in scenes.summary()] == [
+        pytest.approx(51.059555), pytest.approx(55.048245)]
+    item = next(i for i in scenes.s2 if i["id"] == old["id"])
+    props = item["properties"]
+    assert props["geoflow:profile"] == "earth-search"
+    assert props["proj:epsg"] == 32633
+    assert item["assets"]["B11"]["href"] == old["assets"]["swir16"]["href"]
+    assert item["assets"]["B11"]["href"].endswith("/2016/12/S2A_33TWN_20161202_0_L2A/B11.tif")
+    # Flag false (not taken as "applied"), raster:bands offset 0: 0 from raster:bands.
+    assert old["properties"]["earthsearch:boa_offset_applied"] is False
+    assert old["assets"]["red"]["raster:bands"][0]["offset"] == 0
+    assert props["geoflow:offset"] == 0.0
+    # Without raster:bands the baseline (00.01, before 04.00) decides: still 0.
+    bare = json.loads(json.dumps(old))
+    for asset in bare["assets"].values():
+        asset.pop("raster:bands", None)
+    assert item_offset(bare) == 0.0
+    assert s2_offset(old["properties"]["s2:processing_baseline"]) == 0.0
 
 
 @pytest.mark.parametrize(("props", "band", "offset"), [
