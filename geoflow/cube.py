@@ -46,42 +46,24 @@ from rasterio.enums import Resampling
 from geoflow.errors import CubeError
 from geoflow.grid import GridSpec
 
-# Band names and SCL codes are defined once, with the archive that writes them.
+# Band names, asset keys, SCL codes and the offset rule live at the bottom of the house; items
+# reach the cube in canonical form (geoflow.profiles.normalize_item).
+from geoflow.profiles import (
+    S2_OFFSET,
+    S2_OFFSET_BASELINE,
+    S2_SCALE,
+    SCL_ASSET,
+    item_offset,
+    s2_offset,
+)
 from geoflow.sentinel import CLOUDY_SCL, S1_BANDS, S2_BANDS
+from geoflow.signing import current, open_raster, sign_items
 
-#: Asset key of the Sentinel-2 scene classification layer.
-SCL_ASSET = "SCL"
 #: Polarisation coordinate labels of the ``sar`` variable (asset keys upper-cased).
 POLARIZATIONS = tuple(b.upper() for b in S1_BANDS)
-#: Sentinel-2 L2A digital numbers per unit reflectance.
-S2_SCALE = 10_000.0
-#: From processing baseline 04.00 (January 2022) L2A DNs carry a +1000 offset.
-S2_OFFSET_BASELINE = "04.00"
-S2_OFFSET = -1000.0
 #: Nodata of Sentinel-1 RTC assets (linear gamma0, float32).
 S1_NODATA = -32768.0
 DEFAULT_CHUNKSIZE = 1024
-
-
-def s2_offset(processing_baseline: str | float | None) -> float:
-    """The DN offset to add before scaling, for a ``s2:processing_baseline``.
-
-    Baselines "04.00" and later store ``DN = reflectance * 10000 + 1000``; earlier ones have
-    no offset. A missing baseline is taken as old (no offset), as on older catalogues.
-
-    Examples
-    --------
-    >>> s2_offset("05.10"), s2_offset("04.00"), s2_offset("03.01"), s2_offset(None)
-    (-1000.0, -1000.0, 0.0, 0.0)
-    """
-    if processing_baseline is None or processing_baseline == "":
-        return 0.0
-    try:
-        baseline = float(processing_baseline)
-    except (TypeError, ValueError):
-        raise CubeError(f"s2:processing_baseline {processing_baseline!r} is not a version "
-                        "number", hint="items must carry baselines like '05.10'") from None
-    return S2_OFFSET if baseline >= float(S2_OFFSET_BASELINE) else 0.0
 
 
 def solar_day(item: Mapping[str, Any]) -> pd.Timestamp:
@@ -163,6 +145,7 @@ def _stack(items: list[dict], assets: list[str], grid: GridSpec, chunks: tuple[i
            dtype: str, fill: Any, resampling: Resampling) -> xr.DataArray:
     import stackstac
 
+    items = sign_items(items)  # stackstac opens the hrefs itself: sign them for this chunk
     try:
         with warnings.catch_warnings():
             # stackstac 0.5.1 uses affine's deprecated `*` operator (4 warnings per call).
@@ -402,12 +385,11 @@ def _close(entry: tuple[Any, threading.Lock] | None) -> None:
 
 def _usable(entry: tuple[Any, threading.Lock] | None, href: str) -> bool:
     return (entry is not None and not entry[0].closed and _same_file(entry[0], href)
-            and getattr(entry[0], "geoflow_session", None) == _SESSION[0])
+            and getattr(entry[0], "geoflow_session", None) == _SESSION[0]
+            and current(entry[0], href))  # its signature not renewed since (geoflow.signing)
 
 
 def _open_cached(href: str) -> tuple[Any, threading.Lock]:
-    import rasterio
-
     with _OPEN_LOCK:
         entry = _OPEN.get(href)
         if _usable(entry, href):
@@ -421,7 +403,7 @@ def _open_cached(href: str) -> tuple[Any, threading.Lock]:
             entry = _OPEN.get(href)
             if _usable(entry, href):
                 return entry  # type: ignore[return-value]
-        src = rasterio.open(href)
+        src = open_raster(href)  # signed just before the open (geoflow.signing)
         src.geoflow_stat = _stat(href)
         src.geoflow_session = _SESSION[0]
         stale: list[tuple[Any, threading.Lock] | None] = []
@@ -438,11 +420,9 @@ def _open_cached(href: str) -> tuple[Any, threading.Lock]:
 
 def _read_window(href: str, window: Any) -> tuple[np.ndarray, Any]:
     """Band 1 in ``window`` and the nodata value; a kept-open dataset inside a read session."""
-    import rasterio
-
     try:
         if _SESSION[0] is None:  # outside a regional run: open, read, close
-            with rasterio.open(href) as src:
+            with open_raster(href) as src:
                 return src.read(1, window=window), src.nodata
         for attempt in (1, 2):
             src, lock = _open_cached(href)
@@ -757,8 +737,7 @@ def build_cube(
         in_area = {it["id"] for it in s2_items}
         day_items = [[it for it in by_day[d] if it["id"] in in_area] for d in days]
         day_ids = [[it["id"] for it in group] for group in day_items]
-        offsets = {it["id"]: s2_offset(it["properties"].get("s2:processing_baseline"))
-                   for it in s2_items}
+        offsets = {it["id"]: item_offset(it) for it in s2_items}
         # --- Sentinel-2 reflectance: DN -> (DN + offset) / 10000, DN 0 = nodata.
         fast = _aligned_groups(day_items, list(S2_BANDS), grid, chunks, "reflectance",
                                Resampling.bilinear, offsets)

@@ -27,12 +27,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from geoflow.errors import ModelError
+from geoflow.sentinel import CLOUDY_SCL, S2_10M, S2_BANDS
 
 #: Cloud-cover bins used by evaluation, as (name, low, high) on the patch's cloud fraction.
 CLOUD_BINS = (("0-10", 0.0, 0.1), ("10-30", 0.1, 0.3), ("30-60", 0.3, 0.6),
               ("60-90", 0.6, 0.9), ("90-100", 0.9, 1.01))  # fractions never exceed 1
-_S2_20M = (3, 4, 5, 7, 8, 9)  # B05 B06 B07 B8A B11 B12 (indices in S2_BANDS)
-_CLOUDY_SCL = (3, 8, 9, 10)
+# The conventions come from the bottom of the house, not copies: indices of the 20 m bands in
+# S2_BANDS (B05 B06 B07 B8A B11 B12) and the SCL codes counted as cloud.
+_S2_20M = tuple(i for i, band in enumerate(S2_BANDS) if band not in S2_10M)
+_CLOUDY_SCL = CLOUDY_SCL
 _SEED_OFFSETS = {"source": 1_000_003, "target": 2_000_003, "val": 3_000_017}
 
 
