@@ -323,9 +323,24 @@ def evaluate_cmd(
     seed: int = typer.Option(123, help="World seed of the held-out test area."),
     n: int = typer.Option(4000, help="Number of test patches."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    real: str | None = typer.Option(None, "--real",
+                                    help="Evaluate on real patches instead: 'bigearthnet' "
+                                    "(public samples, fetched once: dev and held-out sets) or "
+                                    "'bigearthnet:PATH' (v1 folders, reBEN LMDB + parquet, "
+                                    "v1 LMDB)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
 ) -> None:
-    """Evaluate source-only, auxiliaries, uniform and IRM students on a held-out area."""
+    """Evaluate source-only, auxiliaries, uniform and IRM students on a held-out area, or
+    (--real) the student on real BigEarthNet patches."""
+    if real is not None:
+        from geoflow.model.evaluate_real import evaluate_real, format_real
+
+        real_report = evaluate_real(real, model, device=device)
+        if json_out:
+            _print_json(real_report)
+        else:
+            typer.echo(format_real(real_report))
+        return
     from geoflow.model.evaluate import evaluate, format_table
 
     report = evaluate(model, seed=seed, n=n, device=device)
