@@ -106,17 +106,17 @@ MATERIALS: tuple[str, ...] = (
 #: L2A surface reflectance of each material in S2_BANDS order, at the peak of the season.
 #: Calibrated to aggregate statistics of the 54 development patches (module docstring): forest
 #: canopy to the June forest patches (NIR ~0.34, SWIR1 ~0.15), green crop and grass to the June
-#: pastures and arable land (NIR 0.35-0.48), water to the sea patches (NIR < 0.01). Soil, sand,
-#: roofs, asphalt and concrete follow library spectra (ASTER/ECOSTRESS, USGS splib07: flat,
-#: brighter in the SWIR for minerals).
+#: pastures (NIR ~0.48, well above forest; red ~0.045), water to the sea patches (NIR < 0.01).
+#: Soil, sand, roofs, asphalt and concrete follow library spectra (ASTER/ECOSTRESS, USGS
+#: splib07: flat, brighter in the SWIR for minerals).
 MATERIAL_SPECTRA = np.array(
     [
         # B02   B03   B04   B05   B06   B07   B08   B8A   B11   B12
         [.016, .016, .009, .008, .006, .006, .005, .005, .004, .003],  # water
         [.024, .045, .026, .070, .255, .320, .335, .345, .150, .068],  # forest canopy
-        [.030, .065, .035, .105, .320, .400, .430, .440, .200, .100],  # green crop
+        [.030, .062, .035, .112, .370, .460, .490, .500, .210, .105],  # green crop
         [.070, .095, .120, .150, .175, .195, .210, .220, .300, .240],  # bare soil
-        [.035, .068, .048, .105, .290, .350, .370, .380, .210, .115],  # grass
+        [.035, .070, .045, .118, .350, .420, .440, .455, .215, .115],  # grass
         [.035, .055, .055, .090, .180, .210, .230, .240, .200, .120],  # shrub / heath
         [.120, .150, .180, .205, .225, .240, .255, .265, .330, .280],  # sand / rock
         [.080, .090, .140, .170, .190, .200, .210, .215, .240, .200],  # red tile roof
@@ -548,7 +548,7 @@ def _build_materials(lc: np.ndarray, crc: int) -> _Materials:
     if m.any():
         hu, hv = np.floor(u / 7).astype(np.int64), np.floor(v / 7).astype(np.int64)
         jit = (np.floor(_hash2(hu, hv, table2) * 4)).astype(np.int64)
-        house = (_hash2(hu, hv, table) < 0.35) & ((u % 7) - jit >= 1) & ((u % 7) - jit < 3) \
+        house = (_hash2(hu, hv, table) < 0.6) & ((u % 7) - jit >= 1) & ((u % 7) - jit < 3) \
             & ((v % 7) - jit >= 1) & ((v % 7) - jit < 3)
         n = _fractal(rng, (h, w), 6, octaves=2)
         bg = m & ~house
@@ -558,6 +558,17 @@ def _build_materials(lc: np.ndarray, crc: int) -> _Materials:
         red = _hash2(hu + 2, hv, table2) < 0.6
         f[M_ROOF_RED][m & house & red] = 1
         f[M_ROOF_GREY][m & house & ~red] = 1
+        # Lanes along every second row of lots, and bare yards beside the houses.
+        lane = m & ~house & ((v % 14) < 1)
+        f[:, lane] = 0
+        f[M_ASPHALT][lane] = 0.8
+        f[M_GRASS][lane] = 0.2
+        yard = m & ~house & ~lane & ((u % 7) - jit >= 0) & ((u % 7) - jit < 4) \
+            & ((v % 7) - jit >= 0) & ((v % 7) - jit < 4) & (_hash2(hu, hv, table) < 0.6)
+        f[:, yard] = 0
+        f[M_SOIL][yard] = 0.4
+        f[M_CONCRETE][yard] = 0.3
+        f[M_GRASS][yard] = 0.3
         building_boost(hu, hv, m & house, 2.0)
 
     # Herbaceous: parcels in bands of 220 m, widths 150-450 m, hedges between them.
@@ -587,8 +598,8 @@ def _build_materials(lc: np.ndarray, crc: int) -> _Materials:
         gmin = np.choose(kind, (0.5 + 0.2 * z2, 0.2 + 0.15 * z2, 0.02 * z2, 0.05 + 0.1 * z2))
         gmax = np.choose(kind, (0.8 + 0.2 * z3, 0.8 + 0.2 * z3, 0.75 + 0.25 * z3,
                                 0.25 + 0.2 * z3))
-        peak = np.choose(kind, (150 + 40 * z2, 125 + 25 * z3, 190 + 35 * z3, 150 + 40 * z2))
-        width = np.choose(kind, (70 + 30 * z3, 40 + 15 * z2, 35 + 15 * z2, 60 + 20 * z3))
+        peak = np.choose(kind, (150 + 40 * z2, 140 + 25 * z3, 175 + 35 * z3, 150 + 40 * z2))
+        width = np.choose(kind, (80 + 30 * z3, 45 + 15 * z2, 45 + 15 * z2, 60 + 20 * z3))
         # Hedgerows and tree lines between parcels, and the odd field tree: farmland is not
         # treeless, so trees among grass do not by themselves mean a village.
         ftree = m & ~hedge & (_fractal(rng, (h, w), 2, octaves=1) > 2.0) & (kind == 0)
