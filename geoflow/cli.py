@@ -299,9 +299,39 @@ def train_cmd(
     patch_size: int = typer.Option(32, "--patch-size", help="Patch side in 10 m pixels."),
     width: int = typer.Option(16, help="Channels of the first encoder stage."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: up to 2)."),
+    finetune: str | None = typer.Option(None, "--finetune",
+                                        help="Instead: adapt a trained student to real labelled "
+                                        "patches: 'bigearthnet' (public development set), "
+                                        "'bigearthnet:PATH', or a patch-folder CSV file."),
+    model: Path | None = typer.Option(None, "--model", help="With --finetune: the student to "
+                                      "start from (default: the shipped weights)."),
+    classes: str = typer.Option("model", "--classes", help="With --finetune: 'model' (the "
+                                "start's classes) or 'ben19' (BigEarthNet's 19 classes)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
 ) -> None:
-    """Train all stages (source, F1 auxiliaries, F2 students); resume an interrupted run."""
+    """Train all stages (source, F1 auxiliaries, F2 students); resume an interrupted run.
+    With --finetune: adapt a student to real patches, tested on groups it did not see."""
+    if finetune is not None:
+        from geoflow.model.finetune import FinetuneConfig
+        from geoflow.model.finetune import finetune as run_finetune
+
+        fcfg = FinetuneConfig(seed=seed, classes=classes, threads=threads,
+                              **({"epochs": epochs} if epochs is not None else {}))
+        report = run_finetune(finetune, out, fcfg, start=model, progress=not json_out)
+        if json_out:
+            _print_json(report)
+        else:
+            test = report["test"]
+            typer.echo(f"fine-tuned in {report['seconds']:.0f} s -> {report['checkpoint']}")
+            typer.echo(f"  trained on {report['train']['patches']} patches "
+                       f"({report['train']['groups']} groups); tested on {test['patches']} "
+                       f"patches of {len(test['groups'])} unseen groups")
+            for when in ("before", "after"):
+                r = test[when]
+                if r is not None:
+                    typer.echo(f"  {when:<6} window fit {100 * r['window_fit']:.1f} %, patch "
+                               f"fit {100 * r['patch_fit']:.1f} %")
+        return
     from geoflow.model.train import TrainConfig, train
 
     cfg = TrainConfig(size=size, seed=seed, epochs=epochs, patch_size=patch_size, width=width,

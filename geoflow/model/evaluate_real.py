@@ -29,6 +29,7 @@ Examples
 from __future__ import annotations
 
 import os
+import warnings
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
@@ -60,11 +61,14 @@ def ndwi_rule(s2: np.ndarray) -> np.ndarray:
     >>> w = np.zeros((2, 10, 4, 4), np.float32); w[0, 1] = 0.1; w[1, 6] = 0.3
     >>> ndwi_rule(w).tolist()
     ['Water', 'Dense Forest']
+    >>> ndwi_rule(np.full((1, 10, 4, 4), np.nan, np.float32)).tolist()
+    ['Dense Forest']
     """
     from geoflow.sentinel import S2_BANDS
 
     g, n = s2[:, S2_BANDS.index("B03")], s2[:, S2_BANDS.index("B08")]
-    with np.errstate(invalid="ignore", divide="ignore"):
+    with np.errstate(invalid="ignore", divide="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # an all-NaN window: NaN, not Water
         ndwi = np.nanmean((g - n) / (g + n), axis=(1, 2))
     return np.where(ndwi > 0, "Water", "Dense Forest")
 
@@ -201,8 +205,8 @@ def evaluate_real(spec: str = "bigearthnet", model: str | os.PathLike[str] | Non
         ``bigearthnet:PATH`` (a user's v1 folders, reBEN LMDB + parquet or v1 LMDB: set
         ``data``).
     model
-        A checkpoint (``NAME.safetensors``) or ``geoflow train --out`` directory; ``None``:
-        the shipped weights.
+        A checkpoint (``NAME.safetensors``), a ``geoflow train --out`` directory or a registry
+        name (``NAME[@VERSION]``); ``None``: the shipped weights.
     device
         ``auto``, ``cpu`` or ``cuda``.
     batch_size
@@ -224,8 +228,9 @@ def evaluate_real(spec: str = "bigearthnet", model: str | os.PathLike[str] | Non
     See the module docstring.
     """
     from geoflow.model.predict import load
+    from geoflow.model.registry import resolve_model
 
-    loaded = load(model, device=device)
+    loaded = load(resolve_model(model), device=device)
     data = sets if sets is not None else open_sets(spec, cache=cache)
     return {
         "spec": spec,

@@ -19,6 +19,7 @@ from geoflow.model.bigearthnet import (
     LABEL_TABLE,
     V1_TO_19,
     WHEELS,
+    BigEarthNetDataset,
     allowed_classes,
     allowed_mask,
     cut_windows,
@@ -149,3 +150,22 @@ def test_cut_windows_keeps_patch_order(ben_sets: dict) -> None:
     w = cut_windows(held, 32)
     assert w["s2"].shape == (54, 10, 32, 32) and list(w["patch"][:10]) == [0] * 9 + [1]
     np.testing.assert_array_equal(w["s2"][10], held.s2[1, :, 12:44, 44:76])
+
+
+def test_dataset_items_follow_the_loaders_conventions(ben_sets: dict) -> None:
+    from geoflow.model.loaders import load_arrays
+
+    held = ben_sets["heldout"]
+    ds = BigEarthNetDataset(held, patch_size=32)
+    assert len(ds) == 54
+    item = ds[10]
+    assert item["s2"].shape == (10, 32, 32) and item["s1"].shape == (2, 32, 32)
+    assert item["cloud"].shape == (32, 32) and item["id"] == f"{held.ids[1]}_r12_c44"
+    assert [CLASSES[k] for k in np.flatnonzero(item["allowed"])] == sorted(
+        allowed_classes(held.labels[1]), key=CLASSES.index)
+    arrays = load_arrays(ds, range(9))
+    assert arrays["s2"].shape == (9, 10, 32, 32) and arrays["label"].shape == (9,)
+    whole = BigEarthNetDataset(held, classes=BEN19)
+    assert whole[0]["s2"].shape == (10, 120, 120) and whole[0]["allowed"].shape == (19,)
+    with pytest.raises(IndexError):
+        ds[54]

@@ -15,10 +15,11 @@ from geoflow.model.evaluate_real import evaluate_real, format_real, ndwi_rule
 
 @pytest.fixture(scope="module")
 def report(ben_sets: dict) -> dict:
-    return evaluate_real("bigearthnet", device="cpu", sets=ben_sets)
+    return evaluate_real("bigearthnet", "demo", device="cpu", sets=ben_sets)  # a model name
 
 
 def test_fit_rates_follow_from_the_windows(report: dict) -> None:
+    assert report["model"]["checkpoint"].endswith("demo.safetensors")
     for name, n in (("dev", 54), ("heldout", 6)):
         s = report["sets"][name]
         assert s["patches"] == n and s["windows"] == 9 * n
