@@ -168,10 +168,11 @@ def make_patches(seed: int, domain: str, n: int, patch_size: int = 32, *,
     rng = np.random.default_rng([int(seed), 0 if domain == "source" else 1])
     p = int(patch_size)
     block = p * cell
-    # ~3/4 of the patches are pure enough; areas beyond 512 px are made as several tiles, each
-    # on its own date (more dates: more seasons, sea states and snow).
+    # ~3/4 of the patches are pure enough. The area is made as several tiles of at most 512 px,
+    # each on its own date (more dates: more seasons, sea states and snow); at least about four
+    # tiles, so that even a small set is not one date (a snowy January alone, say).
     want = int(np.ceil(np.sqrt(2.0 * n))) * p
-    side = min(-(-want // block), max(1, 512 // block)) * block
+    side = min(-(-want // (2 * block)), max(1, 512 // block)) * block
     side = max(side, -(-64 // block) * block)
     out_s2, out_s1, out_cl, out_lab = [], [], [], []
     got = 0
