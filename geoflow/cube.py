@@ -56,7 +56,7 @@ from geoflow.profiles import (
     item_offset,
     s2_offset,
 )
-from geoflow.sentinel import CLOUDY_SCL, S1_BANDS, S2_BANDS
+from geoflow.sentinel import HIDDEN_SCL, S1_BANDS, S2_BANDS
 from geoflow.signing import current, open_raster, sign_items
 
 #: Polarisation coordinate labels of the ``sar`` variable (asset keys upper-cased).
@@ -64,6 +64,25 @@ POLARIZATIONS = tuple(b.upper() for b in S1_BANDS)
 #: Nodata of Sentinel-1 RTC assets (linear gamma0, float32).
 S1_NODATA = -32768.0
 DEFAULT_CHUNKSIZE = 1024
+
+
+def hidden_mask(scl: Any) -> Any:
+    """The optical mask of an SCL array: 1 where the pixel hides the land cover, 0 where it
+    shows it, NaN where SCL is 0 (no data).
+
+    Hidden are the codes of :data:`geoflow.sentinel.HIDDEN_SCL`: cloud shadow (3), medium and
+    high probability cloud (8, 9), cirrus (10) and snow/ice (11). Snow is not land cover: a
+    snow-covered patch leans on SAR as a clouded one does. Works on numpy and dask arrays.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> hidden_mask(np.array([0, 4, 5, 6, 8, 11], np.uint8)).tolist()
+    [nan, 0.0, 0.0, 0.0, 1.0, 1.0]
+    """
+    mod = da if isinstance(scl, da.Array) else np
+    hidden = mod.isin(scl, np.array(HIDDEN_SCL, dtype="uint8")).astype("float32")
+    return mod.where(scl == 0, np.float32(np.nan), hidden)
 
 
 def solar_day(item: Mapping[str, Any]) -> pd.Timestamp:
@@ -669,7 +688,8 @@ def build_cube(
     xarray.Dataset
         ``reflectance`` (time, band, y, x) float32 surface reflectance, NaN = no data;
         ``scl`` (time, y, x) uint8, 0 = no data; ``cloud`` (time, y, x) float32, 1 where SCL
-        is cloud/shadow/cirrus, 0 clear, NaN no data; ``sar`` (time, pol, y, x) float32 dB, NaN
+        is cloud/shadow/cirrus or snow (:data:`geoflow.sentinel.HIDDEN_SCL`: snow hides the
+        land cover as a cloud does), 0 clear, NaN no data; ``sar`` (time, pol, y, x) float32 dB, NaN
         where there is no Sentinel-1 pair. Coordinates: ``time`` (Sentinel-2 solar day),
         ``band``, ``pol``, ``y``, ``x``, ``s2_time`` (mean acquisition time), ``s1_time``
         (NaT when unpaired), ``s1_available``, ``s2_ids``/``s1_ids`` (comma-joined item ids)
@@ -764,8 +784,7 @@ def build_cube(
     scl_days = [a if a is not None else _full((ny, nx), (cy, cx), 0, "uint8")
                 for a in scl_days]
     scl = da.stack(scl_days)
-    cloud = da.where(scl == 0, np.float32(np.nan),
-                     da.isin(scl, np.array(CLOUDY_SCL, dtype="uint8")).astype("float32"))
+    cloud = hidden_mask(scl)
 
     # --- Sentinel-1: group frames of one pass, pair each S2 date with the nearest pass.
     s1_items = [it for it in s1_all if _overlaps(it, area)]
@@ -825,13 +844,13 @@ def build_cube(
             "s1_tolerance_days": float(s1_tolerance_days),
             "reflectance_scale": f"(DN + offset) / {S2_SCALE:g}, offset {S2_OFFSET:g} from "
                                  f"processing baseline {S2_OFFSET_BASELINE}",
-            "cloud_scl_codes": ",".join(str(c) for c in CLOUDY_SCL),
+            "cloud_scl_codes": ",".join(str(c) for c in HIDDEN_SCL),
         },
     )
     ds["reflectance"].attrs = {"units": "1", "long_name": "surface reflectance"}
     ds["sar"].attrs = {"units": "dB", "long_name": "backscatter gamma0 (10*log10 linear)"}
     ds["scl"].attrs = {"long_name": "Sentinel-2 scene classification", "nodata": 0}
-    ds["cloud"].attrs = {"long_name": "cloud mask (1 cloud/shadow/cirrus, 0 clear)"}
+    ds["cloud"].attrs = {"long_name": "optical mask (1 cloud/shadow/cirrus/snow, 0 clear)"}
     with warnings.catch_warnings():
         # rioxarray 0.19 also uses affine's deprecated `*` operator.
         warnings.simplefilter("ignore", PendingDeprecationWarning)
@@ -839,5 +858,5 @@ def build_cube(
     return ds
 
 
-__all__ = ["POLARIZATIONS", "SCL_ASSET", "build_cube", "close_datasets", "read_session",
-           "s2_offset", "solar_day"]
+__all__ = ["POLARIZATIONS", "SCL_ASSET", "build_cube", "close_datasets", "hidden_mask",
+           "read_session", "s2_offset", "solar_day"]

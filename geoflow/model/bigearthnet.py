@@ -334,9 +334,9 @@ class BenPatches:
 def snow_counts_as_cloud() -> bool:
     """Whether geoflow treats SCL 11 (snow/ice) like cloud for the optical view (it then enters
     the cloud mask given to the model, as the cube's SCL mask would put it)."""
-    from geoflow import sentinel
+    from geoflow.sentinel import HIDDEN_SCL, SNOW_SCL
 
-    return 11 in tuple(getattr(sentinel, "CLOUDY_SCL", ()))
+    return set(SNOW_SCL) <= set(HIDDEN_SCL)
 
 
 def estimate_masks(s2: np.ndarray, *, cloudy: bool, snowy: bool

@@ -139,7 +139,8 @@ def save_checkpoint(path: str | os.PathLike[str], network: nn.Module, spec: Arch
         "inputs": {
             "s2": "L2A surface reflectance (0..1), bands in `bands` order, NaN = missing",
             "s1": "gamma0 backscatter in dB, `sar_bands` order, all-NaN patch = no SAR",
-            "cloud": "1 = cloud or cloud shadow (SCL 3, 8, 9, 10), 0 = clear, NaN = no data",
+            "cloud": "1 = cloud, cloud shadow or snow (SCL 3, 8, 9, 10, 11), 0 = clear, "
+                     "NaN = no data",
         },
         "norm": norm or default_norm(len(S2_BANDS), len(S1_POLS)),
         "classes": names,

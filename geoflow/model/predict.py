@@ -128,7 +128,7 @@ class LoadedModel:
         s1
             (N, 2, P, P) float32 backscatter in dB; an all-NaN patch means no SAR.
         cloud
-            (N, P, P) float32: 1 cloud or shadow, 0 clear, NaN no data.
+            (N, P, P) float32: 1 cloud, shadow or snow, 0 clear, NaN no data.
         batch_size
             Patches per forward pass.
 
