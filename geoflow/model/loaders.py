@@ -696,7 +696,8 @@ class PatchFolderDataset(_PatchDataset):
         Class name (case-insensitive) or index into ``classes``; empty: unlabelled (-1).
     ``cloud`` (optional)
         1-band cloud mask, 0 clear to 1 cloud; or ``scl`` (optional): a Sentinel-2 scene
-        classification raster, hidden where SCL is 3, 8, 9, 10 (cloud, shadow, cirrus) or 11 (snow). Neither: ``cloud`` is NaN.
+        classification raster, hidden where SCL is 3, 8, 9, 10 (cloud, shadow, cirrus) or 11
+        (snow). Neither: ``cloud`` is NaN.
     ``id`` (optional)
         The sample's name; default the S2 file name without its suffix.
 
