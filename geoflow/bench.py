@@ -351,7 +351,10 @@ def _odc_stac_read(scenes: Any, grid: Any) -> int | None:
     from geoflow.cube import SCL_ASSET
     from geoflow.sentinel import S1_BANDS, S2_BANDS
 
-    box = GeoBox.from_bbox(grid.bounds, crs=f"EPSG:{grid.epsg}", resolution=grid.resolution)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", PendingDeprecationWarning)  # affine's `*` in odc-geo
+        box = GeoBox.from_bbox(grid.bounds, crs=f"EPSG:{grid.epsg}",
+                               resolution=grid.resolution)
     size = 0
     for raw, bands, resampling in (
             (scenes.s2, [*S2_BANDS, SCL_ASSET], {"*": "bilinear", SCL_ASSET: "nearest"}),
