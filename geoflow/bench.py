@@ -27,8 +27,9 @@ demo region ("4x", 125 km^2, 6 chunks) and its centred quarter ("1x", 2 chunks):
   357,600 km^2, is 3.6 times that), per month of imagery.
 
 The 4x region's end-to-end, read-only and model-only runs are repeated ``rounds`` times
-(default 3), interleaved, and their medians count; the reader comparison takes each reader's
-smallest CPU time over as many rounds. CPU seconds of whole runs are those of this process,
+(default 3), interleaved, and their medians count (peak memory is the first round's, taken
+right after the 1x run); the reader comparison takes each reader's smallest CPU time over as
+many rounds. CPU seconds of whole runs are those of this process,
 the workers and their nannies (:class:`CpuMeter`), of read-only and model-only runs those
 of their chunk tasks. On a shared machine wall time says as much about the neighbours as
 about the run, so the ratios are CPU-time ratios measured in one run. ``efficiency`` (e2e /
