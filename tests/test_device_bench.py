@@ -133,3 +133,27 @@ def test_check_script_cpu_twin_runs_the_whole_check(small_archive, stac_server, 
     assert split["read_s"] > 0 and split["infer_s"] > 0
     assert split["chunk_s"] == pytest.approx(split["read_s"] + split["infer_s"]
                                              + split["write_s"], abs=0.05)
+
+
+def test_the_gpu_worker_cluster_runs_as_many_chunks_as_reader_threads():
+    """What --device cuda starts (one worker, N threads, N GPU slots), started here on the
+    CPU: geoflow then submits chunk tasks with resources={"GPU": 1}, N at a time."""
+    from geoflow._cluster import (
+        close_local_cluster,
+        gdal_settings,
+        has_gpu_workers,
+        new_local_cluster,
+    )
+    from geoflow._device_bench import _device_cluster
+
+    with _device_cluster("cuda", 3) as client:
+        [worker] = client.scheduler_info()["workers"].values()
+        assert worker["nthreads"] == 3 and worker["resources"] == {"GPU": 3.0}
+        assert has_gpu_workers(client)
+        assert client.submit(sum, [1, 2], resources={"GPU": 1}).result(timeout=60) == 3
+    cluster, client = new_local_cluster(1, gdal_settings())
+    try:  # the default stays one thread and no resources
+        [worker] = client.scheduler_info()["workers"].values()
+        assert worker["nthreads"] == 1 and not worker.get("resources")
+    finally:
+        close_local_cluster(cluster, client)
