@@ -1,13 +1,18 @@
 """Search Sentinel-2 and Sentinel-1 scenes on any STAC API.
 
 The bundled archive's server, Planetary Computer and Earth Search all work: the API URL and the
-collection names are settings (:class:`CatalogSettings`). The cloud-cover limit is a cql2-json
+collections are settings (:class:`CatalogSettings`), and a catalog profile
+(:mod:`geoflow.profiles`, guessed from the URL's host) says how the provider names its assets
+and offsets its data. The cloud-cover limit is a cql2-json
 filter (stac-fastapi rejects the cql2-text that pystac-client sends by default). Requests are
 retried with exponential backoff on HTTP 429 and 5xx answers, on timeouts and on dropped
 connections, as the run's :class:`~geoflow.retry.RetryPolicy` says. Items come back as plain
-STAC item dicts (what stackstac reads: pystac's
-objects would migrate ``proj:epsg`` away), sorted by datetime, with asset hrefs signed when a
-signer is set.
+STAC item dicts in geoflow's canonical form (what stackstac reads: pystac's
+objects would migrate ``proj:epsg`` away; asset keys ``B02`` .. ``SCL``, ``vv``, ``vh``; the DN
+offset decided), sorted by datetime. Asset hrefs stay unsigned: the workers sign them just
+before each read (:mod:`geoflow.signing`), so a run longer than a token's life goes on.
+Sentinel-2 and Sentinel-1 may come from two catalogs (``{"s2": ..., "s1": ...}``), and items
+searched elsewhere come in through :func:`scenes_from_items`.
 
 Examples
 --------
@@ -18,10 +23,12 @@ Examples
 >>> scenes.summary()[0]  # doctest: +SKIP
 {'id': 'S2A_...', 'sensor': 'S2', 'datetime': '2024-06-03T10:00:00Z', 'cloud_cover': 12.5}
 
-Planetary Computer, with signed asset URLs (needs ``pip install planetary-computer``):
+Planetary Computer (profile and signer chosen from the host; signing needs
+``pip install 'geoflow[planetary-computer]'``):
 
->>> pc = CatalogSettings("https://planetarycomputer.microsoft.com/api/stac/v1",
-...                      signer="planetary-computer")
+>>> pc = CatalogSettings("https://planetarycomputer.microsoft.com/api/stac/v1")
+>>> pc.profile.name, pc.profile.signer
+('planetary-computer', 'planetary-computer')
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from __future__ import annotations
 import logging
 import re
 import warnings
-from collections.abc import Callable
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -41,13 +48,15 @@ from geoflow.errors import (
     UnknownCollectionError,
     strip_secrets,
 )
+from geoflow.profiles import Profile, get_profile, guess_profile, normalize_item, sensor_of
 from geoflow.request import Request
 from geoflow.retry import Clock, RetryPolicy
+from geoflow.signing import HrefSigner, resolve_signer
 
 log = logging.getLogger(__name__)
 
-#: A signer takes one STAC item dict and signs its asset hrefs in place (or returns a new one).
-Signer = Callable[[dict[str, Any]], "dict[str, Any] | None"]
+#: What ``signer=`` takes: None (the profile's), ``"planetary-computer"``, or an HrefSigner.
+Signer = HrefSigner | str | None
 
 _RETRY_STATUS = (429, 500, 502, 503, 504)
 _PAGE_SIZE = 100
@@ -66,11 +75,18 @@ class CatalogSettings:
     s2_collection, s1_collection
         Collection ids of Sentinel-2 L2A and Sentinel-1 RTC; None skips that sensor.
     signer
-        None; a callable applied to each item dict to sign its asset hrefs (it may modify the
-        dict in place or return a new one); or ``"planetary-computer"`` for
-        ``planetary_computer.sign_inplace`` (optional package ``planetary-computer``).
+        How the workers sign asset hrefs just before reading them: None (the profile's:
+        Planetary Computer's for the ``planetary-computer`` profile, else none),
+        ``"planetary-computer"``, or any :class:`geoflow.signing.HrefSigner` (picklable,
+        ``sign(href, refresh=False) -> str``).
     headers
         Extra HTTP headers for every request (e.g. an API key; never logged).
+    profile
+        ``"planetary-computer"``, ``"earth-search"``, ``"generic"``, a
+        :class:`geoflow.profiles.Profile`, or None: guessed from the URL's host.
+    client
+        A ``pystac_client.Client`` to search with instead of opening ``url`` (``url`` may
+        then be omitted; the client's own HTTP settings apply, not the retry policy's).
 
     Retries, timeouts and the deadline are not settings of the catalog: they come from the
     run's :class:`geoflow.retry.RetryPolicy` (``search_scenes(..., retry=)``).
@@ -81,13 +97,22 @@ class CatalogSettings:
     'https://earth-search.aws.element84.com/v1'
     """
 
-    url: str
+    url: str = ""
     s2_collection: str | None = "sentinel-2-l2a"
     s1_collection: str | None = "sentinel-1-rtc"
-    signer: Signer | str | None = None
+    signer: Any = None
     headers: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
+    profile: Any = field(default=None, hash=False, compare=False)
+    client: Any = field(default=None, hash=False, compare=False, repr=False)
 
     def __post_init__(self) -> None:
+        if self.client is not None and not self.url:
+            href = self.client.get_self_href()
+            if not re.match(r"^https?://", str(href or "")):
+                raise CatalogError(f"the pystac_client.Client has no http(s) self link "
+                                   f"({strip_secrets(str(href))})",
+                                   hint="open it from the STAC API root: Client.open(URL)")
+            object.__setattr__(self, "url", str(href))
         url = str(self.url).strip().rstrip("/")
         if not re.match(r"^https?://[^/\s]+", url):
             raise CatalogError(f"catalog URL {strip_secrets(url)!r} is not an http(s) URL",
@@ -97,13 +122,44 @@ class CatalogSettings:
         if not self.s2_collection and not self.s1_collection:
             raise CatalogError("both s2_collection and s1_collection are None",
                                hint="name at least one collection to search")
-        if isinstance(self.signer, str) and self.signer != "planetary-computer":
+        if self.signer is not None and self.signer != "planetary-computer" and not isinstance(
+                self.signer, HrefSigner):
             raise CatalogError(f"unknown signer {self.signer!r}",
-                               hint="use None, a callable, or 'planetary-computer'")
+                               hint="use None, 'planetary-computer', or an object with "
+                                    "sign(href, refresh=False) -> str "
+                                    "(geoflow.signing.HrefSigner)")
+        prof = get_profile(self.profile, url)
+        object.__setattr__(self, "profile", prof)
+        if prof.s1_refusal and self.s1_collection:
+            raise CatalogError(f"{prof.s1_refusal}; this catalog ({strip_secrets(url)}) cannot "
+                               "give Sentinel-1",
+                               hint="take Sentinel-1 RTC from Planetary Computer: catalog="
+                                    "{'s2': URL, 's1': 'https://planetarycomputer.microsoft.com"
+                                    "/api/stac/v1'} (CLI --s1-catalog URL), or pass "
+                                    "s1_collection=None")
+
+    def __repr__(self) -> str:
+        # Without credentials (user:password@, tokens) or headers (API keys): reprs get logged.
+        return (f"CatalogSettings({strip_secrets(self.url)!r}, profile={self.profile_name!r}, "
+                f"s2_collection={self.s2_collection!r}, s1_collection={self.s1_collection!r}, "
+                f"signer={self.signer!r}{', client=...' if self.client is not None else ''})")
+
+    @property
+    def profile_name(self) -> str:
+        """The name of the profile in use."""
+        return str(self.profile.name)
+
+    def href_signer(self) -> HrefSigner | None:
+        """The signer the workers use for this catalog's hrefs (resolved now, so a missing
+        package is reported before anything runs)."""
+        return resolve_signer(self.signer if self.signer is not None else self.profile.signer)
 
     @classmethod
-    def coerce(cls, value: CatalogSettings | str) -> CatalogSettings:
-        """Settings from a URL string, or the settings themselves.
+    def coerce(cls, value: Any, profile: str | Profile | None = None, *,
+               with_s1: bool = True) -> CatalogSettings:
+        """Settings from a URL string, a ``pystac_client.Client``, or the settings themselves.
+
+        A URL or client gets its profile's collections (``with_s1=False``: Sentinel-2 only).
 
         Examples
         --------
@@ -112,10 +168,70 @@ class CatalogSettings:
         """
         if isinstance(value, CatalogSettings):
             return value
-        if isinstance(value, str):
-            return cls(value)
-        raise CatalogError(f"catalog must be a URL or CatalogSettings, got {type(value).__name__}",
-                           hint="pass the STAC API URL")
+        from pystac_client import Client
+
+        if isinstance(value, str | Client):
+            url = value if isinstance(value, str) else value.get_self_href()
+            prof = get_profile(profile, url)
+            if prof.s1_refusal and with_s1:
+                # Said, not raised: a URL alone asks for "whatever this catalog has".
+                log.warning("%s; mapping from Sentinel-2 only. For SAR pass catalog={'s2': URL, "
+                            "'s1': 'https://planetarycomputer.microsoft.com/api/stac/v1'} "
+                            "(CLI --s1-catalog)", prof.s1_refusal)
+            kwargs: dict[str, Any] = {"s2_collection": prof.s2_collection, "profile": prof,
+                                      "s1_collection": None if prof.s1_refusal or not with_s1
+                                      else prof.s1_collection}
+            if isinstance(value, str):
+                return cls(value, **kwargs)
+            return cls(client=value, **kwargs)
+        raise CatalogError(f"catalog must be a URL, CatalogSettings or pystac_client.Client, got "
+                           f"{type(value).__name__}",
+                           hint="pass the STAC API URL, or {'s2': ..., 's1': ...} for one "
+                                "catalog per sensor")
+
+
+def split_catalogs(catalog: Any, profile: str | Profile | None = None
+                   ) -> dict[str, CatalogSettings]:
+    """Per sensor (``"s2"``, ``"s1"``), the settings to search it with.
+
+    ``catalog`` is one catalog (URL, :class:`CatalogSettings`, ``pystac_client.Client``) for
+    both sensors, or a mapping ``{"s2": ..., "s1": ...}`` (a missing or None entry skips that
+    sensor). ``profile`` overrides the guess for URLs and clients.
+
+    Examples
+    --------
+    >>> cats = split_catalogs({"s2": "https://earth-search.aws.element84.com/v1",
+    ...                        "s1": "https://planetarycomputer.microsoft.com/api/stac/v1"})
+    >>> cats["s2"].profile_name, cats["s1"].profile_name, cats["s2"].s1_collection
+    ('earth-search', 'planetary-computer', None)
+    """
+    from dataclasses import replace
+
+    if isinstance(catalog, Mapping):
+        unknown = sorted(set(catalog) - {"s2", "s1"})
+        if unknown:
+            raise CatalogError(f"unknown catalog keys {unknown}",
+                               hint="use {'s2': URL, 's1': URL}")
+        out: dict[str, CatalogSettings] = {}
+        for key in ("s2", "s1"):
+            if catalog.get(key) is None:
+                continue
+            value = catalog[key]
+            out[key] = (value if isinstance(value, CatalogSettings)
+                        else CatalogSettings.coerce(value, profile if key == "s2" else None,
+                                                    with_s1=key == "s1" or "s1" not in catalog
+                                                    or catalog["s1"] is None))
+        if not out:
+            raise CatalogError("the catalog mapping names no catalog",
+                               hint="use {'s2': URL, 's1': URL}")
+        if "s2" in out and "s1" in out:
+            out["s2"] = replace(out["s2"], s1_collection=None)
+        if "s1" in out:
+            s1 = out["s1"]
+            out["s1"] = replace(s1, s2_collection=None, s1_collection=s1.s1_collection
+                                or s1.profile.s1_collection or "sentinel-1-rtc")
+        return out
+    return {"s2": CatalogSettings.coerce(catalog, profile)}
 
 
 @dataclass
@@ -125,11 +241,15 @@ class SceneSet:
     Attributes
     ----------
     s2, s1
-        Sentinel-2 and Sentinel-1 items (signed if the settings have a signer).
+        Sentinel-2 and Sentinel-1 items, canonical and unsigned (the workers sign).
     request
         What was searched.
     settings
-        Where it was searched.
+        Where it was searched (Sentinel-2's catalog, or the only one).
+    s1_settings
+        Sentinel-1's catalog when it is another one.
+    signers
+        The signers the workers apply to the items' hrefs.
 
     Examples
     --------
@@ -142,6 +262,8 @@ class SceneSet:
     s1: list[dict[str, Any]]
     request: Request | None = None
     settings: CatalogSettings | None = None
+    s1_settings: CatalogSettings | None = None
+    signers: tuple[HrefSigner, ...] = ()
 
     def __len__(self) -> int:
         return len(self.s2) + len(self.s1)
@@ -175,23 +297,6 @@ class SceneSet:
         {'S2': ['a'], 'S1': []}
         """
         return {"S2": [i["id"] for i in self.s2], "S1": [i["id"] for i in self.s1]}
-
-
-def _resolve_signer(signer: Signer | str | None) -> Signer | None:
-    if signer is None or callable(signer):
-        return signer
-    if signer == "planetary-computer":
-        try:
-            import planetary_computer
-        except ImportError:
-            raise CatalogError("signer='planetary-computer' needs the planetary-computer "
-                               "package, which is not installed",
-                               hint="pip install 'geoflow[planetary-computer]', or pass "
-                                    "signer=None for a catalog whose assets need no "
-                                    "signing") from None
-        return planetary_computer.sign_inplace
-    raise CatalogError(f"unknown signer {signer!r}",
-                       hint="use None, a callable, or 'planetary-computer'")
 
 
 def _stac_io(settings: CatalogSettings, policy: RetryPolicy, clock: Clock) -> Any:
@@ -256,6 +361,8 @@ def _open_client(call: _Call) -> Any:
     from pystac_client.warnings import NoConformsTo
 
     settings = call.settings
+    if settings.client is not None:  # the caller's own client: searched as it is
+        return settings.client
     stac_io = _stac_io(settings, call.policy, call.clock)
     try:
         with warnings.catch_warnings():
@@ -382,23 +489,23 @@ def _search(client: Any, call: _Call, collection: str, request: Request,
                   key=lambda i: (str(i.get("properties", {}).get("datetime")), i["id"]))
 
 
-def _sign(items: list[dict[str, Any]], signer: Signer | None) -> list[dict[str, Any]]:
-    if signer is None:
-        return items
-    out = []
-    for item in items:
-        try:
-            signed = signer(item)
-        except Exception as err:
-            raise CatalogError(f"signing the asset URLs of item {item.get('id')!r} failed: "
-                               f"{_short(err)}",
-                               hint="check the signer (and its network access)") from None
-        out.append(signed if isinstance(signed, dict) else item)
-    return out
+def _normalize(items: list[dict[str, Any]], sensor: str, settings: CatalogSettings
+               ) -> list[dict[str, Any]]:
+    return [normalize_item(item, sensor, settings.profile) for item in items]
 
 
-def search_scenes(request: Request, settings: CatalogSettings | str, *,
-                  retry: RetryPolicy | None = None, clock: Clock | None = None) -> SceneSet:
+def _signers(*settings: CatalogSettings | None) -> tuple[HrefSigner, ...]:
+    out: list[HrefSigner] = []
+    for s in settings:
+        signer = s.href_signer() if s is not None else None
+        if signer is not None and signer not in out:
+            out.append(signer)
+    return tuple(out)
+
+
+def search_scenes(request: Request, settings: Any, *,
+                  retry: RetryPolicy | None = None, clock: Clock | None = None,
+                  profile: str | Profile | None = None) -> SceneSet:
     """Find the Sentinel-2 and Sentinel-1 scenes for a request.
 
     Parameters
@@ -407,7 +514,8 @@ def search_scenes(request: Request, settings: CatalogSettings | str, *,
         Bbox, dates and the Sentinel-2 cloud limit (``max_cloud``, percent; applied to S2
         only, on ``eo:cloud_cover``).
     settings
-        A :class:`CatalogSettings` or just the STAC API URL.
+        A :class:`CatalogSettings`, the STAC API URL, a ``pystac_client.Client``, or
+        ``{"s2": ..., "s1": ...}`` (one catalog per sensor).
     retry
         Attempts, backoff and per-request timeout of each HTTP request (429, 5xx, timeouts
         and dropped connections are retried; ``Retry-After`` is honoured). Default
@@ -419,7 +527,10 @@ def search_scenes(request: Request, settings: CatalogSettings | str, *,
     Returns
     -------
     SceneSet
-        Raw item dicts per sensor, sorted by datetime, signed if a signer is set.
+        Canonical item dicts per sensor (:func:`geoflow.profiles.normalize_item`), sorted by
+        datetime, unsigned; ``signers`` holds what the workers sign them with.
+    profile
+        Overrides the profile guessed from the URL (not for ready-made settings).
 
     Raises
     ------
@@ -440,32 +551,36 @@ def search_scenes(request: Request, settings: CatalogSettings | str, *,
     >>> sorted(scenes.ids)  # doctest: +SKIP
     ['S1', 'S2']
     """
-    settings = CatalogSettings.coerce(settings)
     if not isinstance(request, Request):
         raise CatalogError(f"request must be a geoflow.request.Request, got "
                            f"{type(request).__name__}",
                            hint="build it with Request.from_user(bbox, dates, max_cloud)")
-    signer = _resolve_signer(settings.signer)
+    catalogs = split_catalogs(settings, profile)
+    signers = _signers(*catalogs.values())  # a missing package is reported before searching
     policy = retry or RetryPolicy()
-    call = _Call(settings, policy, clock or policy.start())
-    client = _open_client(call)
+    clock = clock or policy.start()
     found: dict[str, list[dict[str, Any]]] = {"s2": [], "s1": []}
-    for key, collection, cloud in (("s2", settings.s2_collection, request.max_cloud),
-                                   ("s1", settings.s1_collection, None)):
-        if not collection:
-            continue
-        _check_collection(client, call, collection)
-        items = _search(client, call, collection, request, cloud)
-        if not items:
-            limit = f" with cloud cover <= {cloud:g} %" if cloud is not None else ""
-            raise NoScenesError(
-                f"no {collection} scenes{limit} at {strip_secrets(settings.url)} for bbox "
-                f"{list(request.bbox)} and dates {request.datetime}",
-                hint="widen the bbox or the dates" + (", or raise the cloud limit"
-                                                      if cloud is not None else ""))
-        found[key] = _sign(items, signer)
-        log.debug("%s: %d scenes", collection, len(items))
-    return SceneSet(s2=found["s2"], s1=found["s1"], request=request, settings=settings)
+    for cat in catalogs.values():
+        call = _Call(cat, policy, clock)
+        client = _open_client(call)
+        for key, collection, cloud in (("s2", cat.s2_collection, request.max_cloud),
+                                       ("s1", cat.s1_collection, None)):
+            if not collection:
+                continue
+            _check_collection(client, call, collection)
+            items = _search(client, call, collection, request, cloud)
+            if not items:
+                limit = f" with cloud cover <= {cloud:g} %" if cloud is not None else ""
+                raise NoScenesError(
+                    f"no {collection} scenes{limit} at {strip_secrets(cat.url)} for bbox "
+                    f"{list(request.bbox)} and dates {request.datetime}",
+                    hint="widen the bbox or the dates" + (", or raise the cloud limit"
+                                                          if cloud is not None else ""))
+            found[key] = _normalize(items, key, cat)
+            log.debug("%s: %d scenes", collection, len(items))
+    return SceneSet(s2=found["s2"], s1=found["s1"], request=request,
+                    settings=catalogs.get("s2"), s1_settings=catalogs.get("s1"),
+                    signers=signers)
 
 
 def _fetch(client: Any, call: _Call, collection: str, ids: list[str]) -> list[dict[str, Any]]:
@@ -490,7 +605,7 @@ def _fetch(client: Any, call: _Call, collection: str, ids: list[str]) -> list[di
     return [found[i] for i in ids if i in found]
 
 
-def fetch_scenes(settings: CatalogSettings | str, s2_ids: list[str], s1_ids: list[str], *,
+def fetch_scenes(settings: Any, s2_ids: list[str], s1_ids: list[str], *,
                  retry: RetryPolicy | None = None, clock: Clock | None = None) -> SceneSet:
     """Fetch exactly the Sentinel-2 and Sentinel-1 items named, by id (no search).
 
@@ -501,7 +616,7 @@ def fetch_scenes(settings: CatalogSettings | str, s2_ids: list[str], s1_ids: lis
     ----------
     settings
         A :class:`CatalogSettings` (its ``s2_collection`` / ``s1_collection`` are where the
-        ids are looked up) or just the STAC API URL.
+        ids are looked up), the STAC API URL, or ``{"s2": ..., "s1": ...}``.
     s2_ids, s1_ids
         Item ids per sensor (duplicates are fetched once).
     retry, clock
@@ -510,7 +625,7 @@ def fetch_scenes(settings: CatalogSettings | str, s2_ids: list[str], s1_ids: lis
     Returns
     -------
     SceneSet
-        The items, sorted by datetime, signed if a signer is set.
+        The canonical items, sorted by datetime, unsigned (see :func:`search_scenes`).
 
     Raises
     ------
@@ -525,26 +640,31 @@ def fetch_scenes(settings: CatalogSettings | str, s2_ids: list[str], s1_ids: lis
     >>> scenes.ids  # doctest: +SKIP
     {'S2': ['S2A_x'], 'S1': []}
     """
-    settings = CatalogSettings.coerce(settings)
-    signer = _resolve_signer(settings.signer)
+    catalogs = split_catalogs(settings)
+    signers = _signers(*catalogs.values())
     policy = retry or RetryPolicy()
-    call = _Call(settings, policy, clock or policy.start())
-    client = _open_client(call)
+    clock = clock or policy.start()
     found: dict[str, list[dict[str, Any]]] = {"s2": [], "s1": []}
     missing: list[str] = []
-    for key, collection, ids in (("s2", settings.s2_collection, s2_ids),
-                                 ("s1", settings.s1_collection, s1_ids)):
-        wanted = list(dict.fromkeys(str(i) for i in ids))
+    wanted_ids = {"s2": s2_ids, "s1": s1_ids}
+    where = {key: cat for cat in catalogs.values() for key, coll in
+             (("s2", cat.s2_collection), ("s1", cat.s1_collection)) if coll}
+    for key in ("s2", "s1"):
+        wanted = list(dict.fromkeys(str(i) for i in wanted_ids[key]))
         if not wanted:
             continue
-        if not collection:
+        cat = where.get(key)
+        if cat is None:
             missing.extend(f"{i} (no {key.upper()} collection set)" for i in wanted)
             continue
-        items = _fetch(client, call, collection, wanted)
+        collection = str(cat.s2_collection if key == "s2" else cat.s1_collection)
+        call = _Call(cat, policy, clock)
+        items = _fetch(_open_client(call), call, collection, wanted)
         got = {i["id"] for i in items}
         missing.extend(f"{collection}/{i}" for i in wanted if i not in got)
-        found[key] = sorted(_sign(items, signer), key=lambda i: (
+        found[key] = sorted(_normalize(items, key, cat), key=lambda i: (
             str(i.get("properties", {}).get("datetime")), i["id"]))
+    settings = catalogs.get("s2") or next(iter(catalogs.values()))
     if missing:
         shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more"
                                            if len(missing) > 10 else "")
@@ -553,7 +673,116 @@ def fetch_scenes(settings: CatalogSettings | str, s2_ids: list[str], s1_ids: lis
                            hint="pass the catalog that holds them (--catalog), or search "
                                 "again with --research (research=True): the new map then "
                                 "reflects the changed inputs as well as the model")
-    return SceneSet(s2=found["s2"], s1=found["s1"], settings=settings)
+    return SceneSet(s2=found["s2"], s1=found["s1"], settings=catalogs.get("s2"),
+                    s1_settings=catalogs.get("s1"), signers=signers)
 
 
-__all__ = ["CatalogSettings", "SceneSet", "Signer", "fetch_scenes", "search_scenes"]
+def scenes_from_items(items: Any, profile: str | Profile | None = None,
+                      signer: Any = None, request: Request | None = None) -> SceneSet:
+    """A :class:`SceneSet` from items a user found: bring your own search.
+
+    Parameters
+    ----------
+    items
+        A pystac ``ItemCollection``, a list of pystac Items or item dicts, or a FeatureCollection
+        dict. Sentinel-2 and Sentinel-1 are told apart by ``collection``, ``constellation`` or
+        ``platform``; other items are an error.
+    profile
+        The items' catalog profile; None: guessed per item from its ``self``/``root`` link,
+        else from its asset hosts (``*.blob.core.windows.net``: Planetary Computer).
+    signer
+        As :class:`CatalogSettings`' ``signer``; None: the profiles' (Planetary Computer's
+        signer for its items). Signatures the items carry are dropped and made afresh on the
+        workers.
+    request
+        If given, items outside its dates or bbox are left out, as a search would (a
+        Sentinel-2 scene must remain).
+
+    Examples
+    --------
+    >>> scenes = scenes_from_items(search.item_collection())  # doctest: +SKIP
+    >>> scenes.ids  # doctest: +SKIP
+    {'S2': [...], 'S1': [...]}
+    """
+    if hasattr(items, "to_dict") and not hasattr(items, "assets"):
+        items = items.to_dict()
+    if isinstance(items, Mapping):
+        items = items.get("features", [items] if "assets" in items else [])
+    if isinstance(items, str | bytes) or not hasattr(items, "__iter__"):
+        raise CatalogError(f"items must be an ItemCollection or a list of items, got "
+                           f"{type(items).__name__}",
+                           hint="pass search.item_collection() or a list of pystac Items")
+    found: dict[str, list[dict[str, Any]]] = {"s2": [], "s1": []}
+    profiles: list[Profile] = []
+    for raw in items:
+        item = raw.to_dict() if hasattr(raw, "to_dict") else raw
+        if not isinstance(item, Mapping):
+            raise CatalogError(f"{raw!r} is not a STAC item",
+                               hint="pass pystac Items or STAC item dicts")
+        sensor = sensor_of(item)
+        if sensor is None:
+            raise CatalogError(f"item {item.get('id')!r} is neither Sentinel-2 nor Sentinel-1 "
+                               "(by collection, constellation or platform)",
+                               hint="pass Sentinel-2 L2A and Sentinel-1 RTC items only")
+        if request is not None and not _in_request(item, request):
+            continue
+        prof = get_profile(profile) if profile is not None else _item_profile(item)
+        if prof not in profiles:
+            profiles.append(prof)
+        found[sensor].append(normalize_item(item, sensor, prof))
+    if not found["s2"]:
+        where = (f" in bbox {list(request.bbox)} and dates {request.datetime}"
+                 if request is not None else "")
+        raise NoScenesError(f"the items hold no Sentinel-2 scene{where}",
+                            hint="pass Sentinel-2 L2A items (and Sentinel-1 RTC items) of the "
+                                 "region and period")
+    out: list[HrefSigner] = []
+    for prof in profiles:
+        resolved = resolve_signer(signer if signer is not None else prof.signer)
+        if resolved is not None and resolved not in out:
+            out.append(resolved)
+    key = lambda i: (str(i.get("properties", {}).get("datetime")), i["id"])  # noqa: E731
+    return SceneSet(s2=sorted({i["id"]: i for i in found["s2"]}.values(), key=key),
+                    s1=sorted({i["id"]: i for i in found["s1"]}.values(), key=key),
+                    signers=tuple(out))
+
+
+def _in_request(item: Mapping[str, Any], request: Request) -> bool:
+    """Whether an item's time falls in the request's dates and its bbox meets the region."""
+    import pandas as pd
+
+    props = item.get("properties") or {}
+    when = props.get("datetime") or props.get("start_datetime")
+    if when:
+        ts = pd.Timestamp(when)
+        ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+        start, end = (pd.Timestamp(t) for t in (request.start, request.end))
+        start = start.tz_localize("UTC") if start.tzinfo is None else start
+        end = end.tz_localize("UTC") if end.tzinfo is None else end
+        if not start <= ts <= end:
+            return False
+    ib = item.get("bbox")
+    if ib:
+        w, s_, e, n = (float(ib[i]) for i in ((0, 1, 3, 4) if len(ib) == 6 else (0, 1, 2, 3)))
+        bw, bs, be, bn = request.bbox
+        return w < be and e > bw and s_ < bn and n > bs
+    return True
+
+
+def _item_profile(item: Mapping[str, Any]) -> Profile:
+    for link in item.get("links") or []:
+        if isinstance(link, Mapping) and link.get("rel") in ("self", "root", "collection"):
+            prof = guess_profile(str(link.get("href", "")))
+            if prof.name != "generic":
+                return prof
+    hosts = [str(a.get("href", "")) for a in (item.get("assets") or {}).values()
+             if isinstance(a, Mapping)]
+    if any(".blob.core.windows.net" in h for h in hosts):
+        return get_profile("planetary-computer")
+    if "earthsearch:boa_offset_applied" in (item.get("properties") or {}):
+        return get_profile("earth-search")
+    return get_profile("generic")
+
+
+__all__ = ["CatalogSettings", "SceneSet", "Signer", "fetch_scenes", "scenes_from_items",
+           "search_scenes", "split_catalogs"]

@@ -44,6 +44,10 @@ def _print_json(obj: Any) -> None:
 
 
 # Options shared by the commands that search or run; their values go to the library as typed.
+_PROFILE = typer.Option(None, "--profile", help="Catalog profile: planetary-computer, "
+                        "earth-search or generic (default: guessed from the URL's host).")
+_S1_CATALOG = typer.Option(None, "--s1-catalog", help="Another STAC API for Sentinel-1 (e.g. "
+                           "Planetary Computer's, with Earth Search for Sentinel-2).")
 _WORKERS = typer.Option(None, "--workers", help="LocalCluster workers (>= 1).")
 _RETRIES = typer.Option(None, "--retries", help="Retries of each request, read and write "
                         "(default 3).")
@@ -68,6 +72,9 @@ def archive_create_cmd(
     overwrite: bool = typer.Option(False, "--overwrite",
                                    help="Replace an archive written with other settings."),
     as_json: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
+    profile: str = typer.Option("generic", "--profile", help="generic (Planetary Computer's "
+                                "asset keys) or earth-search (Earth Search v1's keys, "
+                                "properties and raster:bands offsets)."),
 ) -> None:
     """Write the synthetic Sentinel-2/Sentinel-1 sample archive (COGs + STAC items)."""
     from geoflow.archive import create_archive
@@ -76,7 +83,7 @@ def archive_create_cmd(
         typer.echo(msg, err=True)
 
     info = create_archive(directory, seed=seed, size=size, overwrite=overwrite,
-                          progress=progress)
+                          progress=progress, profile=profile)
     if as_json:
         _print_json(info)
         return
@@ -252,16 +259,20 @@ def search_cmd(
     dates: str = typer.Option(..., "--dates", help="Period as START/END (end inclusive)."),
     max_cloud: str | None = typer.Option(None, "--max-cloud",
                                          help="Largest Sentinel-2 cloud cover, percent."),
-    s2_collection: str = typer.Option("sentinel-2-l2a", "--s2-collection",
-                                      help="Sentinel-2 L2A collection id."),
-    s1_collection: str = typer.Option("sentinel-1-rtc", "--s1-collection",
-                                      help="Sentinel-1 collection id."),
+    s2_collection: str | None = typer.Option(None, "--s2-collection",
+                                             help="Sentinel-2 L2A collection id (default: the "
+                                                  "profile's, sentinel-2-l2a)."),
+    s1_collection: str | None = typer.Option(None, "--s1-collection",
+                                             help="Sentinel-1 RTC collection id (default: the "
+                                                  "profile's, sentinel-1-rtc)."),
     max_area_km2: str | None = typer.Option(None, "--max-area-km2",
                                             help="Raise the bbox area limit (km²)."),
     retries: str | None = _RETRIES,
     timeout: str | None = _TIMEOUT,
     deadline: str | None = _DEADLINE,
     as_json: bool = typer.Option(False, "--json", help="Print the scenes as JSON only."),
+    profile: str | None = _PROFILE,
+    s1_catalog: str | None = _S1_CATALOG,
 ) -> None:
     """List the Sentinel-2 and Sentinel-1 scenes a STAC API has for a bbox and dates."""
     from geoflow.catalog import CatalogSettings, search_scenes
@@ -271,8 +282,18 @@ def search_cmd(
     request = Request.from_user(bbox, dates, max_cloud=max_cloud,  # type: ignore[arg-type]
                                 max_area_km2=max_area_km2)  # type: ignore[arg-type]
     policy = RetryPolicy.from_options(retries=retries, timeout=timeout, deadline=deadline)
-    settings = CatalogSettings(catalog, s2_collection=s2_collection, s1_collection=s1_collection)
-    rows = search_scenes(request, settings, retry=policy).summary()
+    from geoflow.profiles import get_profile
+
+    prof = get_profile(profile, catalog)
+    s2_settings = CatalogSettings(
+        catalog, s2_collection=s2_collection or prof.s2_collection,
+        s1_collection=None if s1_catalog or prof.s1_refusal else
+        (s1_collection or prof.s1_collection), profile=prof)
+    cats: Any = s2_settings
+    if s1_catalog:
+        cats = {"s2": s2_settings, "s1": CatalogSettings(
+            s1_catalog, s2_collection=None, s1_collection=s1_collection or "sentinel-1-rtc")}
+    rows = search_scenes(request, cats, retry=policy).summary()
     if as_json:
         _print_json(rows)
         return
@@ -299,9 +320,39 @@ def train_cmd(
     patch_size: int = typer.Option(32, "--patch-size", help="Patch side in 10 m pixels."),
     width: int = typer.Option(16, help="Channels of the first encoder stage."),
     threads: int | None = typer.Option(None, help="torch CPU threads (default: up to 2)."),
+    finetune: str | None = typer.Option(None, "--finetune",
+                                        help="Instead: adapt a trained student to real labelled "
+                                        "patches: 'bigearthnet' (public development set), "
+                                        "'bigearthnet:PATH', or a patch-folder CSV file."),
+    model: Path | None = typer.Option(None, "--model", help="With --finetune: the student to "
+                                      "start from (default: the shipped weights)."),
+    classes: str = typer.Option("model", "--classes", help="With --finetune: 'model' (the "
+                                "start's classes) or 'ben19' (BigEarthNet's 19 classes)."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
 ) -> None:
-    """Train all stages (source, F1 auxiliaries, F2 students); resume an interrupted run."""
+    """Train all stages (source, F1 auxiliaries, F2 students); resume an interrupted run.
+    With --finetune: adapt a student to real patches, tested on groups it did not see."""
+    if finetune is not None:
+        from geoflow.model.finetune import FinetuneConfig
+        from geoflow.model.finetune import finetune as run_finetune
+
+        fcfg = FinetuneConfig(seed=seed, classes=classes, threads=threads,
+                              **({"epochs": epochs} if epochs is not None else {}))
+        report = run_finetune(finetune, out, fcfg, start=model, progress=not json_out)
+        if json_out:
+            _print_json(report)
+        else:
+            test = report["test"]
+            typer.echo(f"fine-tuned in {report['seconds']:.0f} s -> {report['checkpoint']}")
+            typer.echo(f"  trained on {report['train']['patches']} patches "
+                       f"({report['train']['groups']} groups); tested on {test['patches']} "
+                       f"patches of {len(test['groups'])} unseen groups")
+            for when in ("before", "after"):
+                r = test[when]
+                if r is not None:
+                    typer.echo(f"  {when:<6} window fit {100 * r['window_fit']:.1f} %, patch "
+                               f"fit {100 * r['patch_fit']:.1f} %")
+        return
     from geoflow.model.train import TrainConfig, train
 
     cfg = TrainConfig(size=size, seed=seed, epochs=epochs, patch_size=patch_size, width=width,
@@ -323,9 +374,24 @@ def evaluate_cmd(
     seed: int = typer.Option(123, help="World seed of the held-out test area."),
     n: int = typer.Option(4000, help="Number of test patches."),
     device: str = typer.Option("auto", help="auto, cpu or cuda."),
+    real: str | None = typer.Option(None, "--real",
+                                    help="Evaluate on real patches instead: 'bigearthnet' "
+                                    "(public samples, fetched once: dev and held-out sets) or "
+                                    "'bigearthnet:PATH' (v1 folders, reBEN LMDB + parquet, "
+                                    "v1 LMDB)."),
     json_out: bool = typer.Option(False, "--json", help="Print the report as JSON only."),
 ) -> None:
-    """Evaluate source-only, auxiliaries, uniform and IRM students on a held-out area."""
+    """Evaluate source-only, auxiliaries, uniform and IRM students on a held-out area, or
+    (--real) the student on real BigEarthNet patches."""
+    if real is not None:
+        from geoflow.model.evaluate_real import evaluate_real, format_real
+
+        real_report = evaluate_real(real, model, device=device)
+        if json_out:
+            _print_json(real_report)
+        else:
+            typer.echo(format_real(real_report))
+        return
     from geoflow.model.evaluate import evaluate, format_table
 
     report = evaluate(model, seed=seed, n=n, device=device)
@@ -360,15 +426,26 @@ def classify_cmd(
     backoff: str | None = _BACKOFF,
     overwrite: bool = typer.Option(False, "--overwrite", help="Start the store afresh."),
     as_json: bool = typer.Option(False, "--json", help="Print the run report as JSON only."),
+    profile: str | None = _PROFILE,
+    s1_catalog: str | None = _S1_CATALOG,
 ) -> None:
-    """Classify a region over a period into a Zarr map, chunk by chunk on Dask."""
+    """Classify a region over a period into a Zarr map, chunk by chunk on Dask.
+
+    The catalog's profile (asset keys, offsets, URL signing) is guessed from its host:
+    Planetary Computer URLs are signed on the workers (extra geoflow[planetary-computer]).
+    """
     from geoflow._progress import RunProgress
     from geoflow.regional import classify_region
 
     policy = _policy(retries, timeout, deadline, io_threads, backoff)
+    cat: Any = catalog
+    if s1_catalog:
+        from geoflow import session
+
+        cat = {"s2": session.get_catalog(catalog), "s1": s1_catalog}
     with RunProgress(enabled=not as_json) as bar:
         # The numbers go in as typed: classify_region checks them (same messages as Python).
-        ds = classify_region(bbox, dates, out=out, catalog=catalog, model=model,
+        ds = classify_region(bbox, dates, out=out, catalog=cat, model=model, profile=profile,
                              client=scheduler, n_workers=workers,  # type: ignore[arg-type]
                              stride=stride, max_cloud=max_cloud,  # type: ignore[arg-type]
                              chunk_patches=chunk_patches,  # type: ignore[arg-type]

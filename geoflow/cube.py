@@ -46,42 +46,43 @@ from rasterio.enums import Resampling
 from geoflow.errors import CubeError
 from geoflow.grid import GridSpec
 
-# Band names and SCL codes are defined once, with the archive that writes them.
-from geoflow.sentinel import CLOUDY_SCL, S1_BANDS, S2_BANDS
+# Band names, asset keys, SCL codes and the offset rule live at the bottom of the house; items
+# reach the cube in canonical form (geoflow.profiles.normalize_item).
+from geoflow.profiles import (
+    S2_OFFSET,
+    S2_OFFSET_BASELINE,
+    S2_SCALE,
+    SCL_ASSET,
+    item_offset,
+    s2_offset,
+)
+from geoflow.sentinel import HIDDEN_SCL, S1_BANDS, S2_BANDS
+from geoflow.signing import current, open_raster, sign_items
 
-#: Asset key of the Sentinel-2 scene classification layer.
-SCL_ASSET = "SCL"
 #: Polarisation coordinate labels of the ``sar`` variable (asset keys upper-cased).
 POLARIZATIONS = tuple(b.upper() for b in S1_BANDS)
-#: Sentinel-2 L2A digital numbers per unit reflectance.
-S2_SCALE = 10_000.0
-#: From processing baseline 04.00 (January 2022) L2A DNs carry a +1000 offset.
-S2_OFFSET_BASELINE = "04.00"
-S2_OFFSET = -1000.0
 #: Nodata of Sentinel-1 RTC assets (linear gamma0, float32).
 S1_NODATA = -32768.0
 DEFAULT_CHUNKSIZE = 1024
 
 
-def s2_offset(processing_baseline: str | float | None) -> float:
-    """The DN offset to add before scaling, for a ``s2:processing_baseline``.
+def hidden_mask(scl: Any) -> Any:
+    """The optical mask of an SCL array: 1 where the pixel hides the land cover, 0 where it
+    shows it, NaN where SCL is 0 (no data).
 
-    Baselines "04.00" and later store ``DN = reflectance * 10000 + 1000``; earlier ones have
-    no offset. A missing baseline is taken as old (no offset), as on older catalogues.
+    Hidden are the codes of :data:`geoflow.sentinel.HIDDEN_SCL`: cloud shadow (3), medium and
+    high probability cloud (8, 9), cirrus (10) and snow/ice (11). Snow is not land cover: a
+    snow-covered patch leans on SAR as a clouded one does. Works on numpy and dask arrays.
 
     Examples
     --------
-    >>> s2_offset("05.10"), s2_offset("04.00"), s2_offset("03.01"), s2_offset(None)
-    (-1000.0, -1000.0, 0.0, 0.0)
+    >>> import numpy as np
+    >>> hidden_mask(np.array([0, 4, 5, 6, 8, 11], np.uint8)).tolist()
+    [nan, 0.0, 0.0, 0.0, 1.0, 1.0]
     """
-    if processing_baseline is None or processing_baseline == "":
-        return 0.0
-    try:
-        baseline = float(processing_baseline)
-    except (TypeError, ValueError):
-        raise CubeError(f"s2:processing_baseline {processing_baseline!r} is not a version "
-                        "number", hint="items must carry baselines like '05.10'") from None
-    return S2_OFFSET if baseline >= float(S2_OFFSET_BASELINE) else 0.0
+    mod = da if isinstance(scl, da.Array) else np
+    hidden = mod.isin(scl, np.array(HIDDEN_SCL, dtype="uint8")).astype("float32")
+    return mod.where(scl == 0, np.float32(np.nan), hidden)
 
 
 def solar_day(item: Mapping[str, Any]) -> pd.Timestamp:
@@ -163,6 +164,7 @@ def _stack(items: list[dict], assets: list[str], grid: GridSpec, chunks: tuple[i
            dtype: str, fill: Any, resampling: Resampling) -> xr.DataArray:
     import stackstac
 
+    items = sign_items(items)  # stackstac opens the hrefs itself: sign them for this chunk
     try:
         with warnings.catch_warnings():
             # stackstac 0.5.1 uses affine's deprecated `*` operator (4 warnings per call).
@@ -405,12 +407,11 @@ def _close(entry: tuple[Any, threading.Lock] | None) -> None:
 
 def _usable(entry: tuple[Any, threading.Lock] | None, href: str) -> bool:
     return (entry is not None and not entry[0].closed and _same_file(entry[0], href)
-            and getattr(entry[0], "geoflow_session", None) == _SESSION[0])
+            and getattr(entry[0], "geoflow_session", None) == _SESSION[0]
+            and current(entry[0], href))  # its signature not renewed since (geoflow.signing)
 
 
 def _open_cached(href: str) -> tuple[Any, threading.Lock]:
-    import rasterio
-
     with _OPEN_LOCK:
         entry = _OPEN.get(href)
         if _usable(entry, href):
@@ -424,7 +425,7 @@ def _open_cached(href: str) -> tuple[Any, threading.Lock]:
             entry = _OPEN.get(href)
             if _usable(entry, href):
                 return entry  # type: ignore[return-value]
-        src = rasterio.open(href)
+        src = open_raster(href)  # signed just before the open (geoflow.signing)
         src.geoflow_stat = _stat(href)
         src.geoflow_session = _SESSION[0]
         stale: list[tuple[Any, threading.Lock] | None] = []
@@ -441,11 +442,9 @@ def _open_cached(href: str) -> tuple[Any, threading.Lock]:
 
 def _read_window(href: str, window: Any) -> tuple[np.ndarray, Any]:
     """Band 1 in ``window`` and the nodata value; a kept-open dataset inside a read session."""
-    import rasterio
-
     try:
         if _SESSION[0] is None:  # outside a regional run: open, read, close
-            with rasterio.open(href) as src:
+            with open_raster(href) as src:
                 return src.read(1, window=window), src.nodata
         for attempt in (1, 2):
             src, lock = _open_cached(href)
@@ -706,7 +705,8 @@ def build_cube(
     xarray.Dataset
         ``reflectance`` (time, band, y, x) float32 surface reflectance, NaN = no data;
         ``scl`` (time, y, x) uint8, 0 = no data; ``cloud`` (time, y, x) float32, 1 where SCL
-        is cloud/shadow/cirrus, 0 clear, NaN no data; ``sar`` (time, pol, y, x) float32 dB, NaN
+        is cloud/shadow/cirrus or snow (:data:`geoflow.sentinel.HIDDEN_SCL`: snow hides the
+        land cover as a cloud does), 0 clear, NaN no data; ``sar`` (time, pol, y, x) float32 dB, NaN
         where there is no Sentinel-1 pair. Coordinates: ``time`` (Sentinel-2 solar day),
         ``band``, ``pol``, ``y``, ``x``, ``s2_time`` (mean acquisition time), ``s1_time``
         (NaT when unpaired), ``s1_available``, ``s2_ids``/``s1_ids`` (comma-joined item ids)
@@ -774,8 +774,7 @@ def build_cube(
         in_area = {it["id"] for it in s2_items}
         day_items = [[it for it in by_day[d] if it["id"] in in_area] for d in days]
         day_ids = [[it["id"] for it in group] for group in day_items]
-        offsets = {it["id"]: s2_offset(it["properties"].get("s2:processing_baseline"))
-                   for it in s2_items}
+        offsets = {it["id"]: item_offset(it) for it in s2_items}
         # --- Sentinel-2 reflectance: DN -> (DN + offset) / 10000, DN 0 = nodata.
         fast = _aligned_groups(day_items, list(S2_BANDS), grid, chunks, "reflectance",
                                Resampling.bilinear, offsets)
@@ -802,8 +801,7 @@ def build_cube(
     scl_days = [a if a is not None else _full((ny, nx), (cy, cx), 0, "uint8")
                 for a in scl_days]
     scl = da.stack(scl_days)
-    cloud = da.where(scl == 0, np.float32(np.nan),
-                     da.isin(scl, np.array(CLOUDY_SCL, dtype="uint8")).astype("float32"))
+    cloud = hidden_mask(scl)
 
     # --- Sentinel-1: group frames of one pass, pair each S2 date with the nearest pass.
     s1_items = [it for it in s1_all if _overlaps(it, area)]
@@ -863,13 +861,13 @@ def build_cube(
             "s1_tolerance_days": float(s1_tolerance_days),
             "reflectance_scale": f"(DN + offset) / {S2_SCALE:g}, offset {S2_OFFSET:g} from "
                                  f"processing baseline {S2_OFFSET_BASELINE}",
-            "cloud_scl_codes": ",".join(str(c) for c in CLOUDY_SCL),
+            "cloud_scl_codes": ",".join(str(c) for c in HIDDEN_SCL),
         },
     )
     ds["reflectance"].attrs = {"units": "1", "long_name": "surface reflectance"}
     ds["sar"].attrs = {"units": "dB", "long_name": "backscatter gamma0 (10*log10 linear)"}
     ds["scl"].attrs = {"long_name": "Sentinel-2 scene classification", "nodata": 0}
-    ds["cloud"].attrs = {"long_name": "cloud mask (1 cloud/shadow/cirrus, 0 clear)"}
+    ds["cloud"].attrs = {"long_name": "optical mask (1 cloud/shadow/cirrus/snow, 0 clear)"}
     with warnings.catch_warnings():
         # rioxarray 0.19 also uses affine's deprecated `*` operator.
         warnings.simplefilter("ignore", PendingDeprecationWarning)
@@ -877,5 +875,5 @@ def build_cube(
     return ds
 
 
-__all__ = ["POLARIZATIONS", "SCL_ASSET", "build_cube", "close_datasets", "read_session",
-           "s2_offset", "solar_day"]
+__all__ = ["POLARIZATIONS", "SCL_ASSET", "build_cube", "close_datasets", "hidden_mask",
+           "read_session", "s2_offset", "solar_day"]

@@ -173,8 +173,8 @@ def classify_window(
     xarray.Dataset
         On the chunk's map pixels, dims (time, y, x), all uint8: ``class`` (255 where the
         patch has neither optical nor SAR data), ``confidence`` (255 * max probability),
-        ``sar_weight`` (255 * SAR weight), ``cloud_fraction`` (255 * cloudy share of the
-        patch's valid SCL pixels; 255 where it has no optical data). 0 for the last three
+        ``sar_weight`` (255 * SAR weight), ``cloud_fraction`` (255 * cloudy or snowy share
+        of the patch's valid SCL pixels; 255 where it has no optical data). 0 for the last three
         where ``class`` is 255. Coordinates ``time``, ``y``, ``x`` (map pixel centres).
 
     Raises

@@ -35,7 +35,7 @@ from geoflow import session
 from geoflow._cluster import gdal_settings
 from geoflow._options import RunOptions
 from geoflow._progress import auto_progress, check_progress
-from geoflow.errors import GeoflowError, RequestError, RunFailedError
+from geoflow.errors import GeoflowError, RequestError, RunFailedError, strip_secrets
 from geoflow.retry import ChunkFailure, Clock, RetryPolicy, assets_are_local, attempt, short_error
 
 #: Futures in flight per worker: enough to keep each busy while the client handles results.
@@ -73,6 +73,8 @@ class _TaskSpec:
     #: Adds layers to a chunk's map before it is written: ``hook(chunk, result, spec)`` ->
     #: result (reprocessing's ``changed``). A picklable module-level callable or None.
     chunk_hook: Callable[[Any, xr.Dataset, Any], xr.Dataset] | None = None
+    #: Sign asset hrefs just before each read (geoflow.signing); kept out of the repr.
+    signers: tuple[Any, ...] = field(default=(), repr=False)
 
 
 def _overlaps(item: dict, bbox: Sequence[float]) -> bool:
@@ -102,9 +104,11 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
     from geoflow.catalog import SceneSet
     from geoflow.cube import build_cube, read_session
     from geoflow.infer import add_summary, classify_window, get_model
+    from geoflow.signing import activate
 
     t0 = time.perf_counter()
     read_session(spec.session or None)
+    activate(spec.signers)
     store = _open_store(spec.store_path, spec.storage_options)
     if not any(_overlaps(it, chunk.read_grid.bbox_lonlat) for it in scenes["s2"]):
         # A chunk beyond the scenes' footprints (the region's edge past the archive): a valid,
@@ -137,12 +141,12 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
 
         attempt(write, "writing the chunk", spec.retry, spec.clock)
     except ChunkFailure as err:
-        reason = str(err)
+        reason = strip_secrets(str(err))  # signed hrefs in a GDAL message lose their tokens
         store.record_failure(chunk.id, reason)
         return {"chunk": chunk.id, "status": "failed", "reason": reason,
                 "seconds": time.perf_counter() - t0}
     except GeoflowError as err:
-        reason = f"{type(err).__name__}: {err}"
+        reason = f"{type(err).__name__}: {err}"  # GeoflowError messages are stripped already
         store.record_failure(chunk.id, reason)
         return {"chunk": chunk.id, "status": "failed", "reason": reason,
                 "seconds": time.perf_counter() - t0}
@@ -231,6 +235,9 @@ def classify_region(
     max_area_km2: float | None = None,
     retry: RetryPolicy | Mapping[str, Any] | None = None,
     storage_options: Mapping[str, Any] | None = None,
+    items: Any = None,
+    profile: str | None = None,
+    signer: Any = None,
 ) -> xr.Dataset:
     """Map scene classes over a region and period, chunk by chunk on a Dask cluster.
 
@@ -247,7 +254,10 @@ def classify_region(
         opened from it lazily. Rerunning the same request on the same store resumes: done
         chunks are skipped. None: a temporary store, loaded into memory, then deleted.
     catalog
-        STAC API URL or :class:`geoflow.catalog.CatalogSettings`. Default: ``GEOFLOW_STAC_URL``,
+        STAC API URL, :class:`geoflow.catalog.CatalogSettings`, a ``pystac_client.Client``,
+        or ``{"s2": ..., "s1": ...}`` (one catalog per sensor, e.g. Earth Search for
+        Sentinel-2 and Planetary Computer for Sentinel-1). The catalog profile (asset keys,
+        offsets, signing) is guessed from each URL's host. Default: ``GEOFLOW_STAC_URL``,
         else the bundled sample archive, served locally (created and started if needed).
     model
         Checkpoint path; default the shipped demo checkpoint. Its bytes go to each worker once
@@ -296,6 +306,18 @@ def classify_region(
         ``AWS_REGION``): a LocalCluster's workers inherit it; the endpoint and region also go
         to every worker, translated for GDAL's ``s3://`` reads of inputs; workers elsewhere
         use their own credentials.
+    items
+        Bring your own search: a pystac ``ItemCollection`` or a list of Sentinel-2 (and
+        Sentinel-1) items or item dicts, used instead of searching ``catalog``; items outside
+        the bbox and dates are left out, as a search would. Signatures they carry are made
+        afresh on the workers.
+    profile
+        ``"planetary-computer"``, ``"earth-search"`` or ``"generic"``: overrides the profile
+        guessed for ``catalog`` URLs or for ``items``.
+    signer
+        For ``items``: how the workers sign their hrefs (``"planetary-computer"`` or a
+        :class:`geoflow.signing.HrefSigner`); default the items' profile's. For a catalog,
+        set it in :class:`~geoflow.catalog.CatalogSettings`.
 
     Returns
     -------
@@ -335,9 +357,19 @@ def classify_region(
                                 batch_size=batch_size, resolution=resolution, crs=crs,
                                 device=device)
     job = _prepare(request, opts, model, retry, progress, t_start)
-    settings = session.get_catalog(catalog)
-    job.clock.check("starting the catalog")
-    scenes = search_scenes(request, settings, retry=job.policy, clock=job.clock)
+    if items is not None:
+        from geoflow.catalog import scenes_from_items
+
+        if catalog is not None:
+            raise RequestError("pass catalog= or items=, not both",
+                               hint="items= replaces the search of a catalog")
+        scenes = scenes_from_items(items, profile=profile, signer=signer, request=request)
+        scenes.request = request
+    else:
+        settings = session.get_catalog(catalog)
+        job.clock.check("starting the catalog")
+        scenes = search_scenes(request, settings, retry=job.policy, clock=job.clock,
+                               profile=profile)
     log.info("search: %d S2 + %d S1 scenes (%.2f s)", len(scenes.s2), len(scenes.s1),
              time.perf_counter() - t_start)
     return _map_region(job, scenes, out=out, client=client, progress=progress,
@@ -425,7 +457,6 @@ def _map_region(job: _Job, scenes: Any, *, out: str | os.PathLike[str] | None, c
     reuse the chunk loop unchanged.
     """
     from geoflow.catalog import CatalogSettings
-    from geoflow.errors import strip_secrets
 
     request, loaded, stride, patch = job.request, job.loaded, job.stride, job.patch
     plan = plan if plan is not None else job.plan()
@@ -456,12 +487,18 @@ def _map_region(job: _Job, scenes: Any, *, out: str | os.PathLike[str] | None, c
                         "s1": [str(i["id"]) for i in scenes.s1]},
         "request": job.request_attrs(),
     }
-    if scenes.settings is not None:
+    if scenes.settings is not None or getattr(scenes, "s1_settings", None) is not None:
         # What pinning needs besides the ids: where they came from (no credentials).
-        cat = CatalogSettings.coerce(scenes.settings)
+        cat = CatalogSettings.coerce(scenes.settings or scenes.s1_settings)
         attrs["stac_catalog"] = {"url": strip_secrets(cat.url),
                                  "s2_collection": cat.s2_collection,
-                                 "s1_collection": cat.s1_collection}
+                                 "s1_collection": cat.s1_collection,
+                                 "profile": cat.profile_name}
+        s1_cat = getattr(scenes, "s1_settings", None)
+        if s1_cat is not None and scenes.settings is not None:
+            attrs["stac_catalog"].update(s1_url=strip_secrets(s1_cat.url),
+                                         s1_collection=s1_cat.s1_collection,
+                                         s1_profile=s1_cat.profile_name)
     attrs.update(extra_attrs or {})
 
     temp_dir: str | None = None
@@ -478,7 +515,7 @@ def _map_region(job: _Job, scenes: Any, *, out: str | os.PathLike[str] | None, c
                      gdal=gdal_settings(policy),
                      session=f"{store_path}@{os.getpid()}.{time.time_ns()}",
                      storage_options=dict(storage_options) if storage_options else None,
-                     chunk_hook=chunk_hook)
+                     chunk_hook=chunk_hook, signers=tuple(getattr(scenes, "signers", ())))
     try:
         cl = session.get_client(client, n_workers=opts.n_workers, gdal=spec.gdal,
                                 # A busy scheduler's handshake is slower than an HTTP answer.

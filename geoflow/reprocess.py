@@ -122,23 +122,27 @@ def _previous(store: Any, storage_options: Mapping[str, Any] | None) -> tuple[An
 
 def _pinned_catalog(attrs: Mapping[str, Any], catalog: Any) -> Any:
     """Where to fetch the pinned items: ``catalog`` if given, else the one the map recorded
-    (with its collections), else geoflow's default catalog."""
+    (with its collections, profile and Sentinel-1 catalog), else geoflow's default catalog.
+    A URL given as ``catalog`` replaces the recorded (Sentinel-2) URL only."""
     from geoflow import session
     from geoflow.catalog import CatalogSettings
 
     recorded = attrs.get("stac_catalog") or {}
-    if catalog is not None:
-        settings = CatalogSettings.coerce(session.get_catalog(catalog))
-    elif recorded.get("url"):
-        settings = CatalogSettings(str(recorded["url"]))
-    else:
-        settings = CatalogSettings.coerce(session.get_catalog(None))
-    if recorded and (catalog is None or isinstance(catalog, str)):
-        # The items' collections are part of what was pinned.
-        settings = CatalogSettings(settings.url, s2_collection=recorded.get("s2_collection"),
-                                   s1_collection=recorded.get("s1_collection"),
-                                   signer=settings.signer, headers=settings.headers)
-    return settings
+    if catalog is not None and not isinstance(catalog, str):
+        return session.get_catalog(catalog)  # settings, a client or {"s2":, "s1":} as given
+    url = catalog or recorded.get("url") or session.get_catalog(None)
+    if not recorded:
+        return CatalogSettings.coerce(url)
+    # The items' collections (and their catalogs' profiles) are part of what was pinned.
+    s1_url = recorded.get("s1_url")
+    s2 = CatalogSettings(str(url), s2_collection=recorded.get("s2_collection"),
+                         s1_collection=None if s1_url else recorded.get("s1_collection"),
+                         profile=recorded.get("profile") if catalog is None else None)
+    if not s1_url:
+        return s2
+    return {"s2": s2, "s1": CatalogSettings(str(s1_url), s2_collection=None,
+                                            s1_collection=recorded.get("s1_collection"),
+                                            profile=recorded.get("s1_profile"))}
 
 
 def _plan_like(prev: Any, job: Any) -> Any:

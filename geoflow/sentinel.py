@@ -5,9 +5,9 @@ nothing of geoflow, and the cube, the model and the synthetic archive all take t
 
 Examples
 --------
->>> from geoflow.sentinel import S2_BANDS, CLOUDY_SCL
->>> len(S2_BANDS), CLOUDY_SCL
-(10, (3, 8, 9, 10))
+>>> from geoflow.sentinel import S2_BANDS, CLOUDY_SCL, HIDDEN_SCL
+>>> len(S2_BANDS), CLOUDY_SCL, HIDDEN_SCL
+(10, (3, 8, 9, 10), (3, 8, 9, 10, 11))
 """
 
 from __future__ import annotations
@@ -23,5 +23,13 @@ S1_POLS: tuple[str, ...] = ("VV", "VH")
 #: SCL codes (Sentinel-2 scene classification) counted as cloud: cloud shadow, medium and high
 #: probability cloud, thin cirrus.
 CLOUDY_SCL: tuple[int, ...] = (3, 8, 9, 10)
+#: SCL code of snow and ice. Snow is not land cover: it hides the ground from the optical
+#: sensor as a cloud does (a snowy field must not look like a bright industrial roof).
+SNOW_SCL: tuple[int, ...] = (11,)
+#: SCL codes whose pixels do not show the land cover to the optical sensor: cloud, cloud shadow,
+#: cirrus and snow. The cube's ``cloud`` mask, the IRM's optical reliability and the map's
+#: ``cloud_fraction`` all count these.
+HIDDEN_SCL: tuple[int, ...] = CLOUDY_SCL + SNOW_SCL
 
-__all__ = ["CLOUDY_SCL", "S1_BANDS", "S1_POLS", "S2_10M", "S2_BANDS"]
+__all__ = ["CLOUDY_SCL", "HIDDEN_SCL", "S1_BANDS", "S1_POLS", "S2_10M", "S2_BANDS",
+           "SNOW_SCL"]

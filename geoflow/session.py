@@ -204,6 +204,10 @@ def get_catalog(catalog: Any = None) -> Any:
     """The catalog a run searches: ``catalog`` if given, else ``GEOFLOW_STAC_URL``, else the
     bundled sample archive, created if missing and served on 127.0.0.1.
 
+    A URL (given or from ``GEOFLOW_STAC_URL``) gets its catalog profile from its host when it
+    is searched (:func:`geoflow.catalog.split_catalogs`): a Planetary Computer URL is signed on
+    the workers, an Earth Search URL read with its asset keys.
+
     A server started here is stopped by :func:`shutdown` (at interpreter exit at the latest);
     one that was already running is left alone.
 

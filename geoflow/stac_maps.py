@@ -125,10 +125,16 @@ def _period(attrs: Mapping[str, Any], times: pd.DatetimeIndex) -> tuple[_dt.date
 def _classes(attrs: Mapping[str, Any]) -> list[Classification]:
     colors = list(attrs.get("class_colors") or [])
     out = []
+    used: set[str] = set()
     for value, title in enumerate(attrs.get("classes") or []):
         color = colors[value].lstrip("#") if value < len(colors) else None
         # The extension's name is an identifier (^[0-9A-Za-z-_]+$); the label goes in title.
+        # Any class scheme: names like "Moors, heathland and ..." become identifiers, and two
+        # that would collide once cleaned get their value appended.
         name = re.sub(r"[^0-9A-Za-z_-]+", "_", str(title)).strip("_") or f"class_{value}"
+        if name in used:
+            name = f"{name}_{value}"
+        used.add(name)
         out.append(Classification.create(value=value, name=name, title=str(title),
                                          color_hint=color))
     out.append(Classification.create(value=NODATA_CLASS, name="no_data", nodata=True,

@@ -8,7 +8,7 @@ Layout of a store at ``PATH`` (a directory)::
     PATH/class/ ...                 (time, y, x) uint8, 255 = no data (_FillValue)
     PATH/confidence/ ...            (time, y, x) uint8 0-255 (255 * max class probability)
     PATH/sar_weight/ ...            (time, y, x) uint8 0-255 (255 * the IRM weight of SAR)
-    PATH/cloud_fraction/ ...        (time, y, x) uint8 0-255 (255 * cloudy share of the patch)
+    PATH/cloud_fraction/ ...        (time, y, x) uint8 0-255 (255 * cloudy/snowy share of patch)
     PATH/summary_class/ ...         (y, x) uint8, 255 = no data: the period's summary
     PATH/summary_confidence/ ...    (y, x) uint8 0-255
     PATH/changed/ ...               (y, x) uint8, only in reprocessed maps: 1 summary class
@@ -138,7 +138,8 @@ _DESCRIPTIONS = {
     "class": "scene class index per date (255: no data)",
     "confidence": "probability of the class, 0-255 = 0-1",
     "sar_weight": "weight of SAR in the fused answer (IRM), 0-255 = 0-1",
-    "cloud_fraction": "cloudy share of the patch from SCL, 0-255 = 0-1 (255 also: no optical)",
+    "cloud_fraction": "share of the patch hidden by cloud, shadow or snow (SCL 3, 8-11), "
+                      "0-255 = 0-1 (255 also: no optical)",
     "summary_class": "scene class over the period, confidence-weighted vote (255: no data)",
     "summary_confidence": "confidence of the summary class, 0-255 = 0-1",
     "changed": "summary class differs from the superseded map (1), is the same (0), or is not "

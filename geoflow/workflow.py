@@ -11,7 +11,10 @@ A spec (every key but ``bbox`` and ``dates`` optional)::
       url: https://planetarycomputer.microsoft.com/api/stac/v1
       s2_collection: sentinel-2-l2a
       s1_collection: sentinel-1-rtc    # null: optical only
-      signer: planetary-computer       # or null
+      signer: planetary-computer       # or null: the profile's (Planetary Computer: signed)
+      profile: null                    # planetary-computer, earth-search, generic; null: by host
+      s1_url: null                     # another STAC API for Sentinel-1 (e.g. Earth Search
+                                       # for S2 + Planetary Computer for S1)
     max_cloud: 60                      # % scene cloud cover, S2 only
     model: null                        # checkpoint path; null: the shipped demo weights
     resolution: 10                     # m
@@ -56,7 +59,7 @@ from geoflow.retry import SPEC_KEYS, RetryPolicy
 
 _TOP_KEYS = ("name", "bbox", "dates", "out", "catalog", "max_cloud", "model", "resolution",
              "stride", "chunk_patches", "cluster", "retry", "reprocess")
-_CATALOG_KEYS = ("url", "s2_collection", "s1_collection", "signer")
+_CATALOG_KEYS = ("url", "s2_collection", "s1_collection", "signer", "profile", "s1_url")
 _CLUSTER_KEYS = ("scheduler", "workers")
 _REPROCESS_KEYS = ("previous", "report")
 _SIGNERS = ("planetary-computer",)
@@ -72,6 +75,10 @@ class CatalogSpec:
     s2_collection: str | None = "sentinel-2-l2a"
     s1_collection: str | None = "sentinel-1-rtc"  # None: optical only (no SAR)
     signer: str | None = None
+    #: Catalog profile; None: guessed from the URL's host (geoflow.profiles).
+    profile: str | None = None
+    #: Another STAC API for Sentinel-1 (its s1_collection); None: ``url`` gives both.
+    s1_url: str | None = None
 
 
 @dataclass(frozen=True)
@@ -173,6 +180,23 @@ class Workflow:
         if signer is not None and signer not in _SIGNERS:
             raise RequestError(f"{where}: catalog signer {signer!r} is not known",
                                hint="use 'planetary-computer' or leave it out (null)")
+        profile = _opt_str(catalog, "profile", f"{where}: catalog")
+        s1_url = _opt_str(catalog, "s1_url", f"{where}: catalog")
+        s1_collection = _collection(catalog, "s1_collection", where)
+        if catalog:
+            from geoflow.profiles import PROFILES, get_profile
+
+            if profile is not None and profile not in PROFILES:
+                raise RequestError(f"{where}: catalog profile {profile!r} is not known",
+                                   hint=f"use one of {sorted(PROFILES)} or leave it out (null)")
+            prof = get_profile(profile, _opt_str(catalog, "url", f"{where}: catalog"))
+            if prof.s1_refusal and s1_url is None and s1_collection is not None:
+                if "s1_collection" in catalog:
+                    raise RequestError(f"{where}: {prof.s1_refusal}",
+                                       hint="add 's1_url: https://planetarycomputer.microsoft."
+                                            "com/api/stac/v1' (Sentinel-1 RTC), or set "
+                                            "s1_collection: null")
+                s1_collection = None  # Sentinel-2 only, unless s1_url says where S1 is
         cluster = _section(spec, "cluster", _CLUSTER_KEYS, where)
         workers = _opt_number(cluster, "workers", f"{where}: cluster", integer=True, low=1)
         retry = RetryPolicy.from_spec(_section(spec, "retry", SPEC_KEYS, where),
@@ -209,8 +233,10 @@ class Workflow:
             catalog=CatalogSpec(
                 url=_opt_str(catalog, "url", f"{where}: catalog"),
                 s2_collection=_collection(catalog, "s2_collection", where),
-                s1_collection=_collection(catalog, "s1_collection", where),
+                s1_collection=s1_collection,
                 signer=signer,
+                profile=profile,
+                s1_url=s1_url,
             ),
             max_cloud=_opt_number(spec, "max_cloud", where, low=0, high=100),
             model=_opt_str(spec, "model", where),
@@ -278,7 +304,8 @@ class Workflow:
                                f"({err})", hint="use only {name}, {start} and {end}") from None
 
     def catalog_settings(self) -> Any:
-        """The catalog as :class:`geoflow.catalog.CatalogSettings`, or ``None`` (the default).
+        """The catalog as :class:`geoflow.catalog.CatalogSettings` (``{"s2": ..., "s1": ...}``
+        with ``s1_url``), or ``None`` (the default).
 
         ``None`` lets :func:`geoflow.classify_region` pick ``GEOFLOW_STAC_URL`` or the
         bundled sample archive.
@@ -287,9 +314,17 @@ class Workflow:
             return None
         from geoflow.catalog import CatalogSettings
 
-        return CatalogSettings(self.catalog.url, s2_collection=self.catalog.s2_collection,
-                               s1_collection=self.catalog.s1_collection,
-                               signer=self.catalog.signer)
+        cat = self.catalog
+        url = str(self.catalog.url)
+        if cat.s1_url is None:
+            return CatalogSettings(url, s2_collection=cat.s2_collection,
+                                   s1_collection=cat.s1_collection, signer=cat.signer,
+                                   profile=cat.profile)
+        return {"s2": CatalogSettings(url, s2_collection=cat.s2_collection,
+                                      s1_collection=None, signer=cat.signer,
+                                      profile=cat.profile),
+                "s1": CatalogSettings(cat.s1_url, s2_collection=None,
+                                      s1_collection=cat.s1_collection or "sentinel-1-rtc")}
 
     def classify_kwargs(self, today: date | None = None) -> dict[str, Any]:
         """Keyword arguments for :func:`geoflow.classify_region` (besides bbox and dates).

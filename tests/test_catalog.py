@@ -6,6 +6,7 @@ import http.client
 import itertools
 import json
 import socket
+import sys
 import threading
 import time
 from collections import Counter
@@ -249,23 +250,29 @@ def test_bad_settings_are_clear() -> None:
 # --------------------------------------------------------------------------- signing, tokens
 
 
-def test_signer_hook_signs_every_asset(requests_: dict[str, Request], stac_url: str) -> None:
-    def sign(item: dict[str, Any]) -> dict[str, Any]:
-        for asset in item["assets"].values():
-            asset["href"] += "?se=2030&sig=SECRET"
-        return item
+class _Suffix:
+    """A picklable HrefSigner that appends a fixed signature (and fails for one host)."""
 
-    scenes = search_scenes(requests_["two_days"], CatalogSettings(stac_url, signer=sign))
+    def sign(self, href: str, refresh: bool = False) -> str:
+        if "blob.core.windows.net" in href:
+            raise CatalogError(f"403 for {href}?sig=SECRET")
+        return href + "?se=2030&sig=SECRET"
+
+
+def test_items_stay_unsigned_and_carry_the_signer(requests_: dict[str, Request],
+                                                  stac_url: str) -> None:
+    signer = _Suffix()
+    scenes = search_scenes(requests_["two_days"], CatalogSettings(stac_url, signer=signer))
     hrefs = [a["href"] for i in scenes.s2 + scenes.s1 for a in i["assets"].values()]
-    assert hrefs and all(h.endswith("?se=2030&sig=SECRET") for h in hrefs)
+    # Signing happens on the workers just before a read, never in the items.
+    assert hrefs and not any("sig=" in h for h in hrefs)
+    assert scenes.signers == (signer,)
+    assert {i["properties"]["geoflow:profile"] for i in scenes.s2} == {"generic"}
 
 
-def test_signer_errors_do_not_leak_tokens(requests_: dict[str, Request], stac_url: str) -> None:
-    def sign(item: dict[str, Any]) -> dict[str, Any]:
-        raise RuntimeError("403 for https://acct.blob.core.windows.net/c/B04.tif?sig=SECRET")
-
+def test_signer_errors_do_not_leak_tokens() -> None:
     with pytest.raises(CatalogError) as err:
-        search_scenes(requests_["two_days"], CatalogSettings(stac_url, signer=sign))
+        _Suffix().sign("https://acct.blob.core.windows.net/c/B04.tif")
     assert "SECRET" not in str(err.value)
     assert "https://acct.blob.core.windows.net/c/B04.tif" in str(err.value)
 
@@ -276,14 +283,8 @@ def test_strip_secrets_removes_tokens_from_urls() -> None:
 
 
 def test_planetary_computer_signer_without_the_package_is_clear(
-        requests_: dict[str, Request], stac_url: str) -> None:
-    pytest.importorskip("pystac_client")
-    try:
-        import planetary_computer  # noqa: F401
-    except ImportError:
-        pass
-    else:
-        pytest.skip("planetary-computer is installed")
+        requests_: dict[str, Request], stac_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "planetary_computer", None)  # as if not installed
     with pytest.raises(CatalogError, match=r"pip install 'geoflow\[planetary-computer\]'"):
         search_scenes(requests_["two_days"],
                       CatalogSettings(stac_url, signer="planetary-computer"))

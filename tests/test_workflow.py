@@ -20,7 +20,8 @@ def _write(tmp_path: Path, text: str, name: str = "spec.yaml") -> Path:
     return path
 
 
-@pytest.mark.parametrize("name", ["demo.yaml", "example-region.yaml", "reprocess-example.yaml"])
+@pytest.mark.parametrize("name", ["demo.yaml", "example-region.yaml", "reprocess-example.yaml",
+                                  "earth-search-region.yaml"])
 def test_shipped_workflows_load(name):
     wf = load_workflow(WORKFLOWS / name)
     assert wf.source == str(WORKFLOWS / name) and wf.name
@@ -197,3 +198,34 @@ def test_run_workflow_maps_the_spec_region_into_the_named_store(small_archive, s
     assert ds.sizes["time"] == len(info["s2_dates"])
     written = xr.open_zarr(store, decode_coords="all", consolidated=False)
     assert (written["class"].values == ds["class"].values).all()
+
+
+ES_URL = "https://earth-search.aws.element84.com/v1"
+PC_URL = "https://planetarycomputer.microsoft.com/api/stac/v1"
+
+
+def test_catalog_profile_and_one_catalog_per_sensor_in_specs():
+    shipped = load_workflow(WORKFLOWS / "earth-search-region.yaml").catalog_settings()
+    wf = Workflow.from_dict({**BASE, "catalog": {"url": ES_URL, "s1_url": PC_URL}})
+    cats = wf.catalog_settings()
+    assert repr(shipped) == repr(cats)
+    assert cats["s2"].profile_name == "earth-search" and cats["s2"].s1_collection is None
+    assert cats["s1"].profile_name == "planetary-computer"
+    assert cats["s1"].s1_collection == "sentinel-1-rtc" and cats["s1"].s2_collection is None
+    # Earth Search alone: Sentinel-2 only (its Sentinel-1 is GRD).
+    only = Workflow.from_dict({**BASE, "catalog": {"url": ES_URL}}).catalog_settings()
+    assert only.s1_collection is None
+    # profile: overrides the guess from the host.
+    forced = Workflow.from_dict({**BASE, "catalog": {"url": "http://127.0.0.1:9",
+                                                     "profile": "earth-search",
+                                                     "s1_collection": None}})
+    assert forced.catalog_settings().profile.s2_assets["B02"] == "blue"
+
+
+@pytest.mark.parametrize(("catalog", "match"), [
+    ({"url": ES_URL, "s1_collection": "sentinel-1-grd"}, "not terrain-corrected RTC"),
+    ({"url": "http://x", "profile": "aws"}, "profile 'aws' is not known"),
+])
+def test_bad_catalog_profiles_in_specs_are_clear(catalog, match):
+    with pytest.raises(RequestError, match=match):
+        Workflow.from_dict({**BASE, "catalog": catalog})

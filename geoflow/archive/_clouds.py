@@ -28,6 +28,7 @@ from geoflow.archive._world import (
     SCL_CLOUD_HIGH,
     SCL_CLOUD_MEDIUM,
     SCL_SHADOW,
+    SCL_SNOW,
     _fractal,
     _value_noise,
     to_20m,
@@ -45,6 +46,8 @@ SHADOW_DARKENING = np.array([.50, .55, .58, .60, .62, .63, .64, .64, .65, .65], 
 
 #: SCL thresholds on the cloud layers (also what ``cloud`` in the cube means).
 THICK_HIGH, THICK_MEDIUM, HAZE_CIRRUS, SHADOW_MIN = 0.6, 0.25, 0.25, 0.3
+#: Visible snow share from which SCL says snow/ice (11).
+SNOW_MIN = 0.5
 
 
 @dataclass(frozen=True)
@@ -198,11 +201,13 @@ def apply_clouds(refl: np.ndarray, clouds: Clouds) -> np.ndarray:
     return out
 
 
-def scl(landcover: np.ndarray, clouds: Clouds) -> np.ndarray:
-    """Sentinel-2 scene classification for a land cover under clouds.
+def scl(landcover: np.ndarray, clouds: Clouds, snow: np.ndarray | None = None) -> np.ndarray:
+    """Sentinel-2 scene classification for a land cover under clouds (and snow).
 
-    Clear pixels get vegetation (4), not vegetated (5) or water (6) by class; shadows (3),
-    cirrus (10), medium (8) and high probability (9) cloud follow the cloud layers.
+    Clear pixels get vegetation (4), not vegetated (5) or water (6) by class, snow/ice (11)
+    where at least half the pixel shows snow from above (snow under a forest canopy stays
+    vegetation, as Sen2Cor's NDSI test misses it there); shadows (3), cirrus (10), medium (8)
+    and high probability (9) cloud follow the cloud layers.
 
     Parameters
     ----------
@@ -210,6 +215,9 @@ def scl(landcover: np.ndarray, clouds: Clouds) -> np.ndarray:
         uint8 (H, W) classes (at the SCL's resolution: ``lc[::2, ::2]`` for 20 m).
     clouds
         Layers of the same shape (``clouds.to_20m()`` for 20 m).
+    snow
+        Optional *visible* snow share of the same shape
+        (:func:`geoflow.archive._world.visible_snow`, averaged to 20 m like the clouds).
 
     Returns
     -------
@@ -228,6 +236,10 @@ def scl(landcover: np.ndarray, clouds: Clouds) -> np.ndarray:
     if lc.shape != clouds.shape:
         raise ValueError(f"landcover {lc.shape} and clouds {clouds.shape} differ in shape")
     out = np.asarray(CLASS_SCL, np.uint8)[np.minimum(lc, len(CLASS_SCL) - 1)]
+    if snow is not None:
+        if np.shape(snow) != lc.shape:
+            raise ValueError(f"landcover {lc.shape} and snow {np.shape(snow)} differ in shape")
+        out[np.asarray(snow) >= SNOW_MIN] = SCL_SNOW
     out[clouds.shadow >= SHADOW_MIN] = SCL_SHADOW
     out[clouds.haze >= HAZE_CIRRUS] = SCL_CIRRUS
     out[clouds.thick >= THICK_MEDIUM] = SCL_CLOUD_MEDIUM

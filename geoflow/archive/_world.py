@@ -16,6 +16,45 @@ Sentinel-1 backscatter the fraction-weighted sum of material gamma0 in linear un
 double-bounce boosts on buildings and gamma-distributed speckle. The same functions make the
 archive's scenes and the model team's training patches, so both look alike.
 
+Seasons and weather, per date (day of year ``doy``): field parcels follow their own green
+season (meadows, winter cereals, summer crops, fallow; bare, ploughed and rough between
+crops), broadleaf forest, grass and shrub go dormant in winter while evergreen stands do not,
+a low winter sun darkens the scene, the sea is calm or wind-roughened, soils are wet or dry,
+and winter dates may be snowy (:func:`snow_cover`; Sentinel-2 SCL 11 where snow shows from
+above, see :func:`geoflow.archive._clouds.scl`).
+
+Calibration
+-----------
+The values are set from *aggregate* statistics of the 54 development pairs of BigEarthNet
+(configilm 0.7.1's mock v1 and reBEN LMDBs; the 6 ``bigearthnet-common`` pairs are the
+held-out check and were not looked at for this), per cover family and date, never fitted
+patch by patch, and from published values:
+
+- Forest: June broadleaf/mixed stands NIR 0.32-0.36, SWIR1 0.15, red 0.027; boreal conifer
+  stands NIR 0.21-0.25 (development patches); C-band volume scattering about -9.3 / -15.1 dB
+  sigma0 VV / VH, in line with Santoro & Cartus (2018, ESA CCI Biomass ATBD) and Dostálová et
+  al. (2018, Remote Sensing 10:1076), -8 to -10 dB VV over European forests.
+- Fields and grass: June pastures NIR up to 0.48, autumn fields red 0.13 / SWIR1 0.34 (bare),
+  -10 to -13.6 / -16 to -20 dB; soil moisture moves C-band by about 0.2-0.3 dB per volumetric
+  percent (Ulaby, Moore & Fung 1986, Microwave Remote Sensing vol. III; Baghdadi et al. 2016,
+  Sensors 16:1531), here +-1.5 dB per date; ploughed bare parcels +3..+6 dB (the December
+  field at -6.6 dB VV).
+- Water: sea NIR below 0.01 (FACTS.md table). Calm sea -26 dB VV; wind roughens it through
+  Bragg scattering up to -12.5 dB VV at moderate winds (CMOD5, Hersbach et al. 2007, JGR
+  112:C03006; the development sea patches span -26.5 to -12.5 dB VV but only -32 to -25 dB VH).
+- Built-up: real towns are partly green: the urban-labelled development patches have NDVI
+  0.5-0.78, so gardens, street trees and grassy yards cover about half the residential
+  blocks; double bounce on walls adds +2..+7 dB (Ferro et al. 2011, IEEE TGRS 49:1593).
+- Snow: fresh snow reflects 0.75-0.8 in the visible and under 0.1 in the SWIR (Warren 1982,
+  Rev. Geophys. 20:67; Dozier 1989, RSE 28:9), which Sen2Cor's NDSI test turns into SCL 11
+  (Main-Knorn et al. 2017, Proc. SPIE 10427); under a canopy little of it shows (the snowy
+  boreal development patches: visible 0.13-0.24, NIR 0.23-0.35, SWIR 0.03). Dry snow is
+  transparent at C band; wet snow lowers backscatter by 3 dB or more (Nagler & Rott 2000, IEEE
+  TGRS 38:754; Nagler et al. 2016, Remote Sensing 8:348).
+- BigEarthNet's S1 is sigma0 from GRD; the world makes RTC gamma0 as Planetary Computer's
+  ``sentinel-1-rtc`` does: gamma0 = sigma0 / cos(incidence) is about 1 dB higher at 30-45
+  degrees on flat land (Small 2011, IEEE TGRS 49:3081), so the values are sigma0 + 1 dB.
+
 Examples
 --------
 >>> import numpy as np
@@ -64,18 +103,21 @@ MATERIALS: tuple[str, ...] = (
 (M_WATER, M_FOREST, M_CROP, M_SOIL, M_GRASS, M_SHRUB, M_SAND,
  M_ROOF_RED, M_ROOF_GREY, M_ROOF_METAL, M_ASPHALT, M_CONCRETE) = range(12)  # fmt: skip
 
-#: L2A surface reflectance of each material in S2_BANDS order. Water and vegetation follow the
-#: BigEarthNet means in FACTS.md (sea; June farmland); soil, sand, roofs, asphalt and concrete
-#: follow typical library spectra (flat, brighter in SWIR for minerals).
+#: L2A surface reflectance of each material in S2_BANDS order, at the peak of the season.
+#: Calibrated to aggregate statistics of the 54 development patches (module docstring): forest
+#: canopy to the June forest patches (NIR ~0.34, SWIR1 ~0.15), green crop and grass to the June
+#: pastures (NIR ~0.48, well above forest; red ~0.045), water to the sea patches (NIR < 0.01).
+#: Soil, sand, roofs, asphalt and concrete follow library spectra (ASTER/ECOSTRESS, USGS
+#: splib07: flat, brighter in the SWIR for minerals).
 MATERIAL_SPECTRA = np.array(
     [
         # B02   B03   B04   B05   B06   B07   B08   B8A   B11   B12
-        [.018, .022, .013, .010, .008, .007, .006, .005, .004, .003],  # water
-        [.018, .038, .022, .065, .190, .240, .270, .280, .125, .055],  # forest canopy
-        [.030, .065, .035, .105, .300, .370, .400, .410, .200, .100],  # green crop
+        [.016, .016, .009, .008, .006, .006, .005, .005, .004, .003],  # water
+        [.024, .045, .026, .070, .255, .320, .335, .345, .150, .068],  # forest canopy
+        [.030, .062, .035, .112, .370, .460, .490, .500, .210, .105],  # green crop
         [.070, .095, .120, .150, .175, .195, .210, .220, .300, .240],  # bare soil
-        [.035, .065, .050, .100, .230, .280, .300, .310, .210, .120],  # grass
-        [.035, .055, .055, .090, .170, .200, .220, .230, .200, .120],  # shrub
+        [.035, .070, .045, .118, .350, .420, .440, .455, .215, .115],  # grass
+        [.035, .055, .055, .090, .180, .210, .230, .240, .200, .120],  # shrub / heath
         [.120, .150, .180, .205, .225, .240, .255, .265, .330, .280],  # sand / rock
         [.080, .090, .140, .170, .190, .200, .210, .215, .240, .200],  # red tile roof
         [.110, .120, .125, .130, .135, .140, .145, .148, .160, .150],  # grey roof
@@ -86,16 +128,35 @@ MATERIAL_SPECTRA = np.array(
     dtype=np.float32,
 ).T  # (10 bands, 12 materials)
 
+#: Dormant (leaf-off, senescent) spectra that forest, grass and shrub blend toward in winter:
+#: leafless broadleaf stands over litter, dry grass. NIR drops to about half, SWIR rises.
+DORMANT_SPECTRA = {
+    M_FOREST: np.array([.030, .042, .040, .060, .120, .140, .160, .165, .150, .090], np.float32),
+    M_GRASS: np.array([.050, .070, .080, .110, .150, .170, .190, .200, .240, .170], np.float32),
+    M_SHRUB: np.array([.040, .055, .065, .085, .120, .140, .155, .160, .190, .130], np.float32),
+}
+
+#: Fresh snow in S2_BANDS order: bright in the visible and NIR, dark in the SWIR (B11/B12 absorb
+#: in ice), the signature Sen2Cor's snow test (NDSI) looks for; SCL then says 11.
+SNOW_SPECTRUM = np.array([.80, .79, .77, .75, .73, .70, .67, .65, .06, .04], np.float32)
+#: Share of a pixel's snow that the sensor sees, per material: a forest canopy hides most of
+#: the snow under it (the snowy boreal patches: visible 0.13-0.24 but NIR of a canopy).
+SNOW_VISIBLE = np.array([0.0, 0.3, 1, 1, 1, 0.8, 1, 1, 1, 1, 0.9, 0.9], np.float32)
+
 #: Sentinel-1 gamma0 (dB) of each material, (VV, VH). Buildings get an extra double-bounce
-#: boost per building and orbit on top of this (see ``_Materials.sar_gain``).
+#: boost per building and orbit on top of this (see ``_Materials.sar_gain``). BigEarthNet's S1
+#: is sigma0 from GRD; gamma0 = sigma0 / cos(incidence) is about 1 dB higher at 30-45 degrees,
+#: so the development patches' sigma0 + 1 dB is what these follow: forest -9.3/-15.1 dB sigma0
+#: (June forest patches), fields -10 to -13.6 / -16 to -20 dB; water is the *calm* sea (the
+#: darkest sea patches: -26/-31 dB); wind adds up to +13 dB in VV (see :data:`SEA_WIND_DB`).
 MATERIAL_SAR_DB = np.array(
     [
-        [-21.0, -28.0],  # water (calm; wind adds a per-date roughness field)
-        [-7.5, -13.5],  # forest: volume scattering, high VH
+        [-25.5, -31.0],  # water (calm; wind adds a per-date roughness field)
+        [-8.3, -14.2],  # forest: volume scattering, high VH
         [-10.0, -16.5],  # green crop
-        [-13.0, -21.5],  # bare soil
-        [-11.0, -18.0],  # grass
-        [-8.5, -15.0],  # shrub
+        [-13.0, -21.0],  # bare soil (dry, smooth; moisture and ploughing raise it per date)
+        [-11.0, -17.5],  # grass
+        [-9.5, -15.5],  # shrub
         [-16.0, -25.0],  # sand / rock (smooth, dry)
         [-5.0, -12.0],  # red tile roof
         [-5.0, -12.0],  # grey roof
@@ -109,8 +170,29 @@ _SAR_LIN = (10.0 ** (MATERIAL_SAR_DB / 10.0)).astype(np.float32)
 
 #: Equivalent number of looks of the speckle (multi-looked GRD terrain-corrected to 10 m).
 SAR_LOOKS = 4.0
-#: Day of year at which field greenness equals its drawn value; fields grow or ripen from it.
+#: Day of year of the middle of the growing season (fields' greenness curves are centred near
+#: it; leaf-off and snow come half a year later).
 DOY_REF = 166
+#: Sea-surface wind: per date, VV rises by a uniform 0..13 dB over calm water (Bragg scattering
+#: from capillary waves; the development sea patches span -26 to -12.5 dB VV) and VH by 0.3 times
+#: that (their VH spans only -32 to -25 dB).
+SEA_WIND_DB = 13.0
+_VH_WIND_SHARE = 0.3
+#: Materials that soil moisture and ploughing change in SAR (fields, grass, soil, shrub, sand).
+_SOIL_LIKE = np.array([0, 0, 1, 1, 1, 0.5, 1, 0, 0, 0, 0, 0], np.float32)
+
+
+def winterness(doy: int | float) -> float:
+    """0 in the growing season (late April to late September) .. 1 on 20 January.
+
+    Examples
+    --------
+    >>> winterness(20), winterness(200)
+    (1.0, 0.0)
+    """
+    c = float(np.cos(2 * np.pi * (float(doy) - 20.0) / 365.25))
+    return round(max(0.0, c) ** 0.8, 6)
+
 
 # --------------------------------------------------------------------------- noise helpers
 
@@ -346,10 +428,21 @@ class _Materials:
 
     frac: np.ndarray  # (12, H, W) float32, sums to 1 minus ``field``
     field: np.ndarray  # (H, W) float32 fraction of crop-or-soil field interior
-    green0: np.ndarray  # (H, W) float32 field greenness at DOY_REF
-    green_rate: np.ndarray  # (H, W) float32 greenness change per 30 days
+    g_min: np.ndarray  # (H, W) float32 field greenness off season (0 ploughed .. winter cereal)
+    g_max: np.ndarray  # (H, W) float32 field greenness at the parcel's peak
+    g_peak: np.ndarray  # (H, W) float32 day of year of the parcel's peak
+    g_width: np.ndarray  # (H, W) float32 days: width of the parcel's green season
+    rough: np.ndarray  # (H, W) float32 SAR gain of a ploughed parcel while bare (1 = smooth)
+    conifer: np.ndarray  # (H, W) float32 evergreen share of forest (no leaf-off, darker NIR)
+    vigour: np.ndarray  # (H, W) float32 regional gain on vegetation red edge + NIR
     bright: np.ndarray  # (H, W) float32 multiplicative optical texture
     sar_gain: np.ndarray  # (2 orbits, H, W) float32 linear gain (double bounce, moisture)
+
+    def greenness(self, doy: int) -> np.ndarray:
+        """Field greenness (H, W) on a day of year: a bell around each parcel's peak."""
+        dd = (float(doy) - self.g_peak + 182.5) % 365.0 - 182.5
+        bell = np.exp(-((dd / np.maximum(self.g_width, 1.0)) ** 2))
+        return (self.g_min + (self.g_max - self.g_min) * bell).astype(np.float32)
 
 
 _CACHE: dict[tuple[int, tuple[int, int]], _Materials] = {}
@@ -399,10 +492,14 @@ def _build_materials(lc: np.ndarray, crc: int) -> _Materials:
         street = ((u % bu) < 1.0) | ((v % bv) < 1.0)
         hu, hv = np.floor(u / 2).astype(np.int64), np.floor(v / 2).astype(np.int64)
         lot = _hash2(hu, hv, table)
-        house = ~street & (lot < 0.5)
+        # Real towns are partly green (the urban development patches have NDVI 0.5-0.78):
+        # houses on 45 % of the lots, half of each garden under trees, street trees.
+        house = ~street & (lot < 0.45)
         red = _hash2(hu + 3, hv, table2) < 0.6
-        tree = _fractal(rng, (h, w), 3, octaves=1) > 0.3
+        tree = _fractal(rng, (h, w), 3, octaves=1) > 0.0
         f[M_ASPHALT][m & street] = 1
+        f[M_FOREST][m & street & tree] = 0.35
+        f[M_ASPHALT][m & street & tree] = 0.65
         f[M_ROOF_RED][m & house & red] = 1
         f[M_ROOF_GREY][m & house & ~red] = 1
         garden = m & ~street & ~house
@@ -424,7 +521,7 @@ def _build_materials(lc: np.ndarray, crc: int) -> _Materials:
         f[M_ROOF_METAL][m & hall & metal] = 1
         f[M_ROOF_GREY][m & hall & ~metal] = 1
         yard = m & ~street & ~hall
-        grassy = _hash2(su + 11, sv, table) < 0.15
+        grassy = _hash2(su + 11, sv, table) < 0.25
         f[M_CONCRETE][yard & ~grassy] = 0.55
         f[M_ASPHALT][yard & ~grassy] = 0.45
         f[M_GRASS][yard & grassy] = 1
@@ -451,22 +548,36 @@ def _build_materials(lc: np.ndarray, crc: int) -> _Materials:
     if m.any():
         hu, hv = np.floor(u / 7).astype(np.int64), np.floor(v / 7).astype(np.int64)
         jit = (np.floor(_hash2(hu, hv, table2) * 4)).astype(np.int64)
-        house = (_hash2(hu, hv, table) < 0.25) & ((u % 7) - jit >= 1) & ((u % 7) - jit < 3) \
+        house = (_hash2(hu, hv, table) < 0.6) & ((u % 7) - jit >= 1) & ((u % 7) - jit < 3) \
             & ((v % 7) - jit >= 1) & ((v % 7) - jit < 3)
         n = _fractal(rng, (h, w), 6, octaves=2)
         bg = m & ~house
-        f[M_GRASS][bg] = np.clip(0.6 - 0.25 * n, 0.2, 1)[bg]
-        f[M_FOREST][bg] = np.clip(0.25 + 0.25 * n, 0, 0.8)[bg]
+        f[M_GRASS][bg] = np.clip(0.65 - 0.25 * n, 0.2, 1)[bg]
+        f[M_FOREST][bg] = np.clip(0.28 + 0.25 * n, 0, 0.8)[bg]
         f[M_SOIL][bg] = 1 - f[M_GRASS][bg] - f[M_FOREST][bg]
         red = _hash2(hu + 2, hv, table2) < 0.6
         f[M_ROOF_RED][m & house & red] = 1
         f[M_ROOF_GREY][m & house & ~red] = 1
+        # Lanes along every second row of lots, and bare yards beside the houses.
+        lane = m & ~house & ((v % 14) < 1)
+        f[:, lane] = 0
+        f[M_ASPHALT][lane] = 0.8
+        f[M_GRASS][lane] = 0.2
+        yard = m & ~house & ~lane & ((u % 7) - jit >= 0) & ((u % 7) - jit < 4) \
+            & ((v % 7) - jit >= 0) & ((v % 7) - jit < 4) & (_hash2(hu, hv, table) < 0.6)
+        f[:, yard] = 0
+        f[M_SOIL][yard] = 0.4
+        f[M_CONCRETE][yard] = 0.3
+        f[M_GRASS][yard] = 0.3
         building_boost(hu, hv, m & house, 2.0)
 
     # Herbaceous: parcels in bands of 220 m, widths 150-450 m, hedges between them.
     field = np.zeros((h, w), np.float32)
-    green0 = np.zeros((h, w), np.float32)
-    rate = np.zeros((h, w), np.float32)
+    g_min = np.zeros((h, w), np.float32)
+    g_max = np.zeros((h, w), np.float32)
+    g_peak = np.full((h, w), DOY_REF, np.float32)
+    g_width = np.full((h, w), 60.0, np.float32)
+    rough = np.ones((h, w), np.float32)
     m = is_c[HERBACEOUS]
     if m.any():
         a2 = ang + rng.uniform(-0.3, 0.3)
@@ -478,14 +589,35 @@ def _build_materials(lc: np.ndarray, crc: int) -> _Materials:
         col = np.floor((fu + shift) / width).astype(np.int64)
         hedge = ((fv % 22) < 1) | (((fu + shift) % width) < 1)
         z = _hash2(band, col, table)
-        g0 = np.where(z < 0.25, 0.05 + 0.6 * z, 0.5 + 0.45 * (z - 0.25) / 0.75)
-        r = 0.6 * (_hash2(band + 9, col, table2) - 0.5)
-        inner = m & ~hedge
+        z2 = _hash2(band + 9, col, table2)
+        z3 = _hash2(band + 17, col, table)
+        # Parcel kinds: meadow/pasture (green most of the year), winter cereal (green from
+        # autumn, peak in May), summer crop (bare until May, peak in July-August), fallow.
+        # Meadows and pastures are half the parcels (most of the development set's farmland).
+        kind = np.digitize(z, (0.5, 0.7, 0.94))  # 0 meadow, 1 winter cereal, 2 summer, 3 fallow
+        gmin = np.choose(kind, (0.5 + 0.2 * z2, 0.2 + 0.15 * z2, 0.02 * z2, 0.05 + 0.1 * z2))
+        gmax = np.choose(kind, (0.8 + 0.2 * z3, 0.8 + 0.2 * z3, 0.75 + 0.25 * z3,
+                                0.25 + 0.2 * z3))
+        peak = np.choose(kind, (150 + 40 * z2, 140 + 25 * z3, 175 + 35 * z3, 150 + 40 * z2))
+        width = np.choose(kind, (80 + 30 * z3, 45 + 15 * z2, 45 + 15 * z2, 60 + 20 * z3))
+        # Hedgerows and tree lines between parcels, and the odd field tree: farmland is not
+        # treeless, so trees among grass do not by themselves mean a village.
+        ftree = m & ~hedge & (_fractal(rng, (h, w), 2, octaves=1) > 2.0) & (kind == 0)
+        f[M_FOREST][m & hedge] = 0.5
+        f[M_SHRUB][m & hedge] = 0.3
+        f[M_GRASS][m & hedge] = 0.2
+        f[M_FOREST][ftree] = 0.7
+        f[M_GRASS][ftree] = 0.3
+        inner = m & ~hedge & ~ftree
         field[inner] = 1
-        green0[inner] = g0[inner]
-        rate[inner] = r[inner]
-        f[M_GRASS][m & hedge] = 0.5
-        f[M_SHRUB][m & hedge] = 0.5
+        g_min[inner] = gmin[inner]
+        g_max[inner] = gmax[inner]
+        g_peak[inner] = peak[inner]
+        g_width[inner] = width[inner]
+        # Ploughed parcels (half the crops) are rough while bare: +3..+6 dB in VV (the dark
+        # December field of the development set: -6.6 dB VV sigma0).
+        plough = inner & (kind >= 1) & (z2 < 0.5)
+        rough[plough] = (10 ** ((3.0 + 3.0 * z3) / 10))[plough]
         bright[inner] *= (1 + 0.03 * np.sin(fu * 2.1))[inner]  # drill rows
         boost[:, inner] *= (10 ** ((4.0 * (z - 0.5)) / 10))[inner]  # parcel soil moisture
 
@@ -535,14 +667,71 @@ def _build_materials(lc: np.ndarray, crc: int) -> _Materials:
         f[M_WATER][m] = 1
         bright[m] *= (1 + 0.08 * _fractal(rng, (h, w), 40, octaves=2))[m]
 
-    return _Materials(frac=f, field=field, green0=green0, green_rate=rate,
-                      bright=bright, sar_gain=boost)
+    # Regional variability: evergreen share of forest (boreal conifer stands have NIR 0.21-0.25
+    # against 0.32-0.36 for the June broadleaf/mixed stands), vegetation vigour (red edge and
+    # NIR, +-12 %), and overall brightness (+-5 %), on km scales.
+    big = max(min(h, w) / 5.0, 20.0)
+    conifer = np.clip(0.5 + 0.45 * _fractal(rng, (h, w), big, octaves=2), 0, 1)
+    vigour = np.clip(1 + 0.12 * _fractal(rng, (h, w), big, octaves=2), 0.7, 1.3)
+    bright *= np.clip(1 + 0.05 * _fractal(rng, (h, w), big, octaves=2), 0.85, 1.15)
+    return _Materials(frac=f, field=field, g_min=g_min, g_max=g_max, g_peak=g_peak,
+                      g_width=g_width, rough=rough, conifer=conifer.astype(np.float32),
+                      vigour=vigour.astype(np.float32), bright=bright, sar_gain=boost)
 
 
 # --------------------------------------------------------------------------- sensors
 
 
-def s2_reflectance(landcover: np.ndarray, rng: np.random.Generator, doy: int) -> np.ndarray:
+def snow_cover(landcover: np.ndarray, rng: np.random.Generator, doy: int) -> np.ndarray:
+    """Snow on the ground on one date: a fraction per pixel, 0 in the growing season.
+
+    A winter date is snowy with a probability that grows with :func:`winterness` (0.8 in
+    January); its cover (30-100 % of the land) comes as km-scale patches. Open water stays open.
+
+    Parameters
+    ----------
+    landcover
+        uint8 (H, W) class indices.
+    rng
+        Generator of this date's weather.
+    doy
+        Day of year.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32 (H, W) snow fraction on the ground (0..1). Pass it to :func:`s2_reflectance`,
+        :func:`s1_backscatter_db` and :func:`geoflow.archive._clouds.scl` of the same date.
+
+    Examples
+    --------
+    >>> lc = landcover(0, (128, 128))
+    >>> float(snow_cover(lc, np.random.default_rng(0), 200).max())
+    0.0
+    """
+    lc = np.asarray(landcover)
+    h, w = lc.shape
+    wint = winterness(doy)
+    if wint <= 0.0 or rng.random() >= 0.8 * wint ** 0.5:
+        return np.zeros((h, w), np.float32)
+    level = float(rng.uniform(0.3, 1.0))
+    f = _fractal(rng, (h, w), max(min(h, w) / 3.0, 16.0), octaves=3)
+    t = float(np.quantile(f[::4, ::4], 1.0 - level)) if level < 0.999 else float(f.min()) - 1
+    snow = np.clip((f - t) / 0.4, 0.0, 1.0)
+    snow[lc == WATER] = 0.0
+    return snow.astype(np.float32)
+
+
+def visible_snow(landcover: np.ndarray, snow: np.ndarray) -> np.ndarray:
+    """Share of each pixel that shows snow from above (a canopy hides most snow under it)."""
+    mat = _materials(np.asarray(landcover))
+    h, w = snow.shape
+    seen = (SNOW_VISIBLE @ mat.frac.reshape(12, -1)).reshape(h, w) + mat.field
+    return (np.asarray(snow, np.float32) * np.clip(seen, 0, 1)).astype(np.float32)
+
+
+def s2_reflectance(landcover: np.ndarray, rng: np.random.Generator, doy: int,
+                   snow: np.ndarray | None = None) -> np.ndarray:
     """Clear-sky Sentinel-2 L2A surface reflectance of a land-cover raster, all bands at 10 m.
 
     Parameters
@@ -552,7 +741,11 @@ def s2_reflectance(landcover: np.ndarray, rng: np.random.Generator, doy: int) ->
     rng
         Generator for the per-date noise (the texture is fixed by the land cover itself).
     doy
-        Day of year; fields green up or ripen around :data:`DOY_REF`.
+        Day of year: field parcels follow their season, broadleaf forest, grass and shrub go
+        dormant in winter, and a low winter sun darkens the scene (terrain and canopy shadows
+        that L2A does not remove).
+    snow
+        Optional (H, W) snow fraction on the ground (:func:`snow_cover`); ``None``: no snow.
 
     Returns
     -------
@@ -571,12 +764,31 @@ def s2_reflectance(landcover: np.ndarray, rng: np.random.Generator, doy: int) ->
     lc = np.asarray(landcover)
     mat = _materials(lc)
     h, w = lc.shape
+    fr = mat.frac.reshape(12, h, w)
     out = (MATERIAL_SPECTRA @ mat.frac.reshape(12, -1)).reshape(10, h, w)
-    g = np.clip(mat.green0 + mat.green_rate * np.float32((doy - DOY_REF) / 30.0), 0, 1)
+    g = mat.greenness(doy)
     crop, soil = MATERIAL_SPECTRA[:, M_CROP, None, None], MATERIAL_SPECTRA[:, M_SOIL, None, None]
     out += mat.field * (g * crop + (1 - g) * soil)
-    # Per-date: a residual atmospheric gain, pixel noise shared by bands, band noise.
-    gain = np.float32(1 + rng.normal(0, 0.015))
+    # Evergreen stands are darker in the NIR; broadleaf forest, grass and shrub go dormant.
+    conifer_spec = np.array([.020, .035, .020, .055, .165, .200, .215, .220, .100, .045],
+                            np.float32)[:, None, None]
+    forest = MATERIAL_SPECTRA[:, M_FOREST, None, None]
+    out += fr[M_FOREST] * mat.conifer * (conifer_spec - forest)
+    dorm = np.float32(min(1.0, 1.25 * winterness(doy + 15)))  # leaves fall before mid-winter
+    if dorm > 0:
+        for mi, share in ((M_FOREST, 1 - mat.conifer), (M_GRASS, 0.7), (M_SHRUB, 0.6)):
+            spec = MATERIAL_SPECTRA[:, mi, None, None]
+            out += fr[mi] * (dorm * share) * (DORMANT_SPECTRA[mi][:, None, None] - spec)
+    veg = fr[M_FOREST] + fr[M_GRASS] + fr[M_SHRUB] + mat.field * g
+    out[3:8] *= 1 + (mat.vigour - 1) * np.clip(veg, 0, 1)
+    if snow is not None and np.any(snow > 0):
+        s = visible_snow(lc, snow)
+        out *= 1 - s
+        out += s * SNOW_SPECTRUM[:, None, None]
+    # Per-date: low winter sun, a residual atmospheric gain, pixel noise shared by bands, band
+    # noise. (The darkest winter development patches reach NIR 0.05.)
+    sun = np.float32(1 - 0.6 * winterness(doy) * rng.uniform(0.2, 1.0))
+    gain = np.float32((1 + rng.normal(0, 0.015)) * sun)
     out *= mat.bright * (gain + np.float32(0.02) * rng.standard_normal((h, w), np.float32))
     out += np.float32(0.002) * rng.standard_normal((10, h, w), np.float32)
     np.clip(out, 0.0005, 1.0, out=out)
@@ -584,7 +796,8 @@ def s2_reflectance(landcover: np.ndarray, rng: np.random.Generator, doy: int) ->
 
 
 def s1_backscatter_db(landcover: np.ndarray, rng: np.random.Generator,
-                      orbit: Literal["ascending", "descending"]) -> np.ndarray:
+                      orbit: Literal["ascending", "descending"], doy: int = DOY_REF,
+                      snow: np.ndarray | None = None) -> np.ndarray:
     """Sentinel-1 RTC gamma0 (dB) of a land-cover raster, VV and VH at 10 m, with speckle.
 
     Parameters
@@ -595,6 +808,11 @@ def s1_backscatter_db(landcover: np.ndarray, rng: np.random.Generator,
         Generator for speckle, sea-surface wind and soil moisture of this acquisition.
     orbit
         "ascending" or "descending": buildings' double bounce differs by look direction.
+    doy
+        Day of year: crops grow, bare ploughed parcels are rough.
+    snow
+        Optional snow fraction (:func:`snow_cover`): dry snow is transparent at C band; wet
+        snow (on some dates) absorbs, -3 dB where it lies open.
 
     Returns
     -------
@@ -606,13 +824,14 @@ def s1_backscatter_db(landcover: np.ndarray, rng: np.random.Generator,
     >>> import numpy as np
     >>> lc = np.full((64, 64), FOREST, np.uint8)
     >>> db = s1_backscatter_db(lc, np.random.default_rng(0), "ascending")
-    >>> bool(-10 < np.median(db[0]) < -6)
+    >>> bool(-11 < np.median(db[0]) < -6)
     True
     """
-    return (10.0 * np.log10(_s1_linear(landcover, rng, orbit))).astype(np.float32)
+    return (10.0 * np.log10(_s1_linear(landcover, rng, orbit, doy, snow))).astype(np.float32)
 
 
-def _s1_linear(landcover: np.ndarray, rng: np.random.Generator, orbit: str) -> np.ndarray:
+def _s1_linear(landcover: np.ndarray, rng: np.random.Generator, orbit: str,
+               doy: int = DOY_REF, snow: np.ndarray | None = None) -> np.ndarray:
     """Linear gamma0 (2, H, W) float32; the archive writes this (no dB round trip)."""
     if orbit not in ("ascending", "descending"):
         raise ValueError(f"orbit must be 'ascending' or 'descending', not {orbit!r}")
@@ -620,16 +839,25 @@ def _s1_linear(landcover: np.ndarray, rng: np.random.Generator, orbit: str) -> n
     mat = _materials(lc)
     h, w = lc.shape
     lin = (_SAR_LIN @ mat.frac.reshape(12, -1)).reshape(2, h, w)
-    g = mat.green0
+    g = mat.greenness(doy)
+    bare = np.clip(1 - 2.5 * g, 0, 1)  # a ploughed parcel is rough until the crop closes
     lin += mat.field * (g * _SAR_LIN[:, M_CROP, None, None]
-                        + (1 - g) * _SAR_LIN[:, M_SOIL, None, None])
+                        + (1 - g) * _SAR_LIN[:, M_SOIL, None, None]
+                        * (1 + (mat.rough - 1) * bare))
     lin *= mat.sar_gain[0 if orbit == "ascending" else 1]
-    # Acquisition-specific: wind roughens the water (±3 dB), rain changes soil moisture.
+    # Acquisition-specific: soil moisture (rain or drought, +-1.5 dB on soils and fields) ...
+    soil = np.clip((_SOIL_LIKE @ mat.frac.reshape(12, -1)).reshape(h, w) + mat.field, 0, 1)
+    lin *= (10 ** (rng.normal(0, 1.5) * soil / 10)).astype(np.float32)
+    # ... and wind on the water: calm (-25.5 dB VV) to rough (-12.5 dB VV), VH much less.
     water = lc == WATER
     if water.any():
-        wind = 10 ** ((rng.normal(0, 1.0) + 1.5 * _value_noise(rng, (h, w), 0.3 * min(h, w)))
-                      / 10)
-        lin[:, water] *= wind.astype(np.float32)[water]
+        wind_db = rng.uniform(0.0, SEA_WIND_DB) + 1.5 * _value_noise(rng, (h, w),
+                                                                    0.3 * min(h, w))
+        for p, share in ((0, 1.0), (1, _VH_WIND_SHARE)):
+            gain = 10 ** (np.maximum(wind_db, -2.0) * share / 10)
+            lin[p][water] *= gain.astype(np.float32)[water]
+    if snow is not None and np.any(snow > 0) and rng.random() < 0.3:
+        lin *= (10 ** (-0.3 * visible_snow(lc, snow))).astype(np.float32)  # wet snow: -3 dB
     lin *= np.float32(10 ** (rng.normal(0, 0.4) / 10))
     lin *= rng.gamma(SAR_LOOKS, 1.0 / SAR_LOOKS, size=lin.shape).astype(np.float32)
     np.maximum(lin, np.float32(1e-5), out=lin)
@@ -657,6 +885,7 @@ __all__ = [
     "CLASS_COLORS",
     "CLASS_SCL",
     "CLOUDY_SCL",
+    "DORMANT_SPECTRA",
     "MATERIALS",
     "MATERIAL_SAR_DB",
     "MATERIAL_SPECTRA",
@@ -664,8 +893,12 @@ __all__ = [
     "S2_10M",
     "S2_20M",
     "S2_BANDS",
+    "SNOW_SPECTRUM",
     "landcover",
     "s1_backscatter_db",
     "s2_reflectance",
+    "snow_cover",
     "to_20m",
+    "visible_snow",
+    "winterness",
 ]

@@ -41,6 +41,7 @@ import numpy as np
 
 from geoflow.archive import _clouds, _world
 from geoflow.errors import ArchiveError
+from geoflow.profiles import S2_SCALE, s2_offset
 
 # --------------------------------------------------------------------------- layout constants
 
@@ -55,9 +56,10 @@ S2_COLLECTION = "sentinel-2-l2a"
 S1_COLLECTION = "sentinel-1-rtc"
 COLLECTIONS: tuple[str, ...] = (S2_COLLECTION, S1_COLLECTION)
 PROCESSING_BASELINE = "05.10"
-#: L2A digital numbers since processing baseline 04.00: DN = reflectance * 10000 + 1000.
-BOA_QUANTIFICATION = 10_000
-BOA_ADD_OFFSET = 1_000
+#: L2A digital numbers since processing baseline 04.00: DN = reflectance * 10000 + 1000 (the
+#: rule geoflow.profiles reads them with; the archive takes it from there).
+BOA_QUANTIFICATION = int(S2_SCALE)
+BOA_ADD_OFFSET = int(-s2_offset(PROCESSING_BASELINE))
 S1_NODATA = -32768.0
 TRUTH_PATH = "truth/landcover.tif"
 ARCHIVE_JSON = "archive.json"
@@ -527,7 +529,40 @@ def _collection(cid: str, bbox: list[float], start: str, end: str) -> dict[str, 
 # --------------------------------------------------------------------------- public API
 
 
-def _prepare_dir(root: Path, seed: int, size: str, overwrite: bool) -> dict[str, Any] | None:
+def _as_earth_search(item: dict[str, Any]) -> dict[str, Any]:
+    """A Sentinel-2 item as Earth Search v1 writes it: its asset keys, lower-case platform and
+    constellation, MGRS and grid properties, and the offset stated in ``raster:bands`` with
+    ``earthsearch:boa_offset_applied: false`` (the COGs keep the +1000 DN of baseline 05.10,
+    so the files are the generic archive's, byte for byte)."""
+    from geoflow.profiles import PROFILES
+
+    keys = PROFILES["earth-search"].s2_assets
+    props = dict(item["properties"])
+    tile = props.pop("s2:mgrs_tile")
+    props.update({
+        "platform": props["platform"].lower(), "constellation": "sentinel-2",
+        "mgrs:utm_zone": int(tile[:2]), "mgrs:latitude_band": tile[2],
+        "mgrs:grid_square": tile[3:], "grid:code": f"MGRS-{tile}",
+        "earthsearch:boa_offset_applied": False,
+        "earthsearch:s3_path": f"s3://sentinel-cogs/sentinel-s2-l2a-cogs/{item['id']}",
+    })
+    offset = s2_offset(props["s2:processing_baseline"]) / S2_SCALE
+    assets = {}
+    for canon, asset in item["assets"].items():
+        asset = dict(asset)
+        if canon != "SCL":
+            asset["raster:bands"] = [{**asset["raster:bands"][0], "scale": 1 / S2_SCALE,
+                                      "offset": offset}]
+            asset["eo:bands"] = [{**asset["eo:bands"][0], "name": keys[canon]}]
+        assets[keys[canon]] = asset
+    return {**item, "stac_extensions": [*item["stac_extensions"],
+                                        "https://stac-extensions.github.io/mgrs/v1.0.0/schema.json",
+                                        "https://stac-extensions.github.io/grid/v1.0.0/schema.json"],
+            "properties": props, "assets": assets}
+
+
+def _prepare_dir(root: Path, seed: int, size: str, overwrite: bool,
+                 profile: str = "generic") -> dict[str, Any] | None:
     """Check what is in ``root``; return the existing summary when it can be reused."""
     if root.exists() and not root.is_dir():
         raise ArchiveError(f"{root} exists and is not a directory",
@@ -545,13 +580,14 @@ def _prepare_dir(root: Path, seed: int, size: str, overwrite: bool) -> dict[str,
             raise ArchiveError(f"{meta} is unreadable ({err})",
                                hint="delete the directory or pass --overwrite") from None
         same = (info.get("seed") == seed and info.get("size") == size
+                and info.get("profile", "generic") == profile
                 and info.get("generator_version") == GENERATOR_VERSION)
         if same and not overwrite:
             return info
         if not overwrite:
             raise ArchiveError(
                 f"{root} already holds an archive with seed={info.get('seed')}, "
-                f"size={info.get('size')!r}",
+                f"size={info.get('size')!r}, profile={info.get('profile', 'generic')!r}",
                 hint="pass --overwrite (overwrite=True) to replace it, or choose another "
                      "directory")
         _clean(root)
@@ -577,6 +613,7 @@ def create_archive(
     overwrite: bool = False,
     workers: int | None = None,
     progress: Callable[[str], None] | None = None,
+    profile: str = "generic",
 ) -> dict[str, Any]:
     """Write the synthetic Sentinel-2 / Sentinel-1 sample archive to ``dir``.
 
@@ -596,6 +633,10 @@ def create_archive(
         Processes writing scenes (default: up to 2 for "default", 1 for "small").
     progress
         Called with a short message after each written scene.
+    profile
+        ``"generic"`` (Planetary Computer's asset keys) or ``"earth-search"`` (Earth Search
+        v1's keys ``blue`` .. ``scl``, its property names, the offset in ``raster:bands``): the
+        same world and the same COGs, described as that catalog does.
 
     Returns
     -------
@@ -622,7 +663,10 @@ def create_archive(
                            hint="pass e.g. --seed 0")
     seed = int(seed)
     root = Path(dir).expanduser().resolve()
-    reuse = _prepare_dir(root, seed, size, overwrite)
+    if profile not in ("generic", "earth-search"):
+        raise ArchiveError(f"unknown archive profile {profile!r}",
+                           hint="use 'generic' or 'earth-search'")
+    reuse = _prepare_dir(root, seed, size, overwrite, profile)
     if reuse is not None:
         if progress:
             progress(f"archive in {root} already exists (seed={seed}, size={size}); reused")
@@ -659,12 +703,19 @@ def create_archive(
     s2_items = [_s2_item(i, t, sz, results["s2", i][tile])
                 for i in range(len(S2_DATES)) for t, tile in enumerate(TILES)]
     s1_items = [_s1_item(j, sz) for j in range(len(S1_DATES))]
+    if profile == "earth-search":
+        s2_items = [_as_earth_search(it) for it in s2_items]
     start, end = ARCHIVE_DATETIME.split("/")
     (root / "collections").mkdir(exist_ok=True)
     (root / "items").mkdir(exist_ok=True)
     digest = hashlib.sha256()
     for cid, items in ((S2_COLLECTION, s2_items), (S1_COLLECTION, s1_items)):
         coll = _collection(cid, bbox, start, end)
+        if profile == "earth-search" and cid == S2_COLLECTION:
+            from geoflow.profiles import PROFILES
+
+            keys = PROFILES["earth-search"].s2_assets  # the item_assets under ES's keys too
+            coll["item_assets"] = {keys[k]: v for k, v in coll["item_assets"].items()}
         (root / "collections" / f"{cid}.json").write_text(json.dumps(coll, indent=1) + "\n")
         text = "".join(json.dumps(it, separators=(",", ":")) + "\n" for it in items)
         (root / "items" / f"{cid}.ndjson").write_text(text)
@@ -676,6 +727,7 @@ def create_archive(
     info: dict[str, Any] = {
         "seed": seed,
         "size": size,
+        "profile": profile,
         "generator_version": GENERATOR_VERSION,
         "epsg": EPSG,
         "bbox": bbox,

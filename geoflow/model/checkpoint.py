@@ -24,6 +24,8 @@ import datetime as _dt
 import hashlib
 import json
 import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,7 +83,9 @@ def tensor_checksum(state: dict[str, torch.Tensor]) -> str:
 def save_checkpoint(path: str | os.PathLike[str], network: nn.Module, spec: ArchSpec, *,
                     stage: str, norm: dict[str, list[float]] | None = None,
                     training: dict[str, Any] | None = None,
-                    metrics: dict[str, Any] | None = None) -> dict[str, Any]:
+                    metrics: dict[str, Any] | None = None,
+                    classes: Sequence[str] | None = None,
+                    colors: Sequence[str] | None = None) -> dict[str, Any]:
     """Write ``NAME.safetensors`` and ``NAME.json``; return the metadata written.
 
     Parameters
@@ -99,6 +103,10 @@ def save_checkpoint(path: str | os.PathLike[str], network: nn.Module, spec: Arch
         Normalisation statistics (defaults: :func:`~geoflow.model.networks.default_norm`).
     training, metrics
         Summaries stored as they are (must be JSON-serialisable).
+    classes, colors
+        The class scheme, in class-index order: names and ``#rrggbb`` colours (default
+        geoflow's ten scene classes; colours default to a qualitative palette). Maps, exports
+        and STAC items made with the checkpoint carry these names and colours.
 
     Returns
     -------
@@ -113,6 +121,7 @@ def save_checkpoint(path: str | os.PathLike[str], network: nn.Module, spec: Arch
 
     from geoflow import __version__
 
+    names, palette = class_scheme(classes, colors, spec.n_classes)
     weights, meta_path = checkpoint_paths(path)
     weights.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu().contiguous() for k, v in network.state_dict().items()}
@@ -130,11 +139,12 @@ def save_checkpoint(path: str | os.PathLike[str], network: nn.Module, spec: Arch
         "inputs": {
             "s2": "L2A surface reflectance (0..1), bands in `bands` order, NaN = missing",
             "s1": "gamma0 backscatter in dB, `sar_bands` order, all-NaN patch = no SAR",
-            "cloud": "1 = cloud or cloud shadow (SCL 3, 8, 9, 10), 0 = clear, NaN = no data",
+            "cloud": "1 = cloud, cloud shadow or snow (SCL 3, 8, 9, 10, 11), 0 = clear, "
+                     "NaN = no data",
         },
         "norm": norm or default_norm(len(S2_BANDS), len(S1_POLS)),
-        "classes": list(CLASSES),
-        "colors": list(CLASS_COLORS),
+        "classes": names,
+        "colors": palette,
         "training": training or {},
         "metrics": metrics or {},
         "created": created.isoformat(),
@@ -158,6 +168,58 @@ def save_checkpoint(path: str | os.PathLike[str], network: nn.Module, spec: Arch
 
 def _fail(msg: str, hint: str) -> CheckpointError:
     return CheckpointError(msg, hint=hint)
+
+
+#: Most classes a map can hold: class codes are uint8 and 255 means no data.
+MAX_CLASSES = 255
+_HEX = re.compile(r"#[0-9a-fA-F]{6}")
+
+
+def class_scheme(classes: Sequence[str] | None, colors: Sequence[str] | None,
+                 n_classes: int) -> tuple[list[str], list[str]]:
+    """Check a class scheme (names + colours) for an ``n_classes`` network; fill in defaults.
+
+    ``None`` classes: geoflow's ten scene classes (only for a ten-class network). ``None``
+    colours: geoflow's own colours for its classes, else matplotlib's ``tab20`` palette.
+
+    Raises
+    ------
+    ModelError
+        Wrong number of names or colours, empty or repeated names, colours not ``#rrggbb``,
+        more than 255 classes.
+
+    Examples
+    --------
+    >>> class_scheme(["sea", "land"], None, 2)
+    (['sea', 'land'], ['#1f77b4', '#aec7e8'])
+    """
+    if classes is None:
+        if n_classes != len(CLASSES):
+            raise ModelError(f"a {n_classes}-class network needs its class names",
+                             hint="pass classes=[...] (one name per output, in index order)")
+        classes = CLASSES
+        colors = CLASS_COLORS if colors is None else colors
+    names = [str(c) for c in classes]
+    if len(names) != n_classes or n_classes > MAX_CLASSES:
+        raise ModelError(f"{len(names)} class names for a {n_classes}-class network"
+                         if len(names) != n_classes else
+                         f"{n_classes} classes: maps store class codes as uint8, 255 = no data",
+                         hint=f"give one name per network output, at most {MAX_CLASSES}")
+    if any(not n.strip() for n in names) or len(set(names)) != len(names):
+        raise ModelError("class names must be non-empty and distinct",
+                         hint=f"check the class list {names[:5]}...")
+    if colors is None:
+        from matplotlib import colormaps
+        from matplotlib.colors import to_hex
+
+        tab = colormaps["tab20"]
+        palette = [to_hex(tab(i % 20)) for i in range(n_classes)]
+    else:
+        palette = [str(c) for c in colors]
+    if len(palette) != n_classes or not all(_HEX.fullmatch(c) for c in palette):
+        raise ModelError(f"{len(palette)} colours for {n_classes} classes, or not all #rrggbb",
+                         hint="give one '#rrggbb' colour per class, in class order")
+    return names, palette
 
 
 def read_metadata(path: str | os.PathLike[str]) -> dict[str, Any]:
@@ -227,6 +289,11 @@ def check_compatible(meta: dict[str, Any], *, bands: tuple[str, ...] | None = No
         raise _fail(f"{where} lists {len(meta['classes'])} classes and {len(meta['colors'])} "
                     f"colours for a {meta['architecture'].get('n_classes')}-class network",
                     "the metadata was edited: restore the original JSON file")
+    try:
+        class_scheme(meta["classes"], meta["colors"], len(meta["classes"]))
+    except ModelError as err:
+        raise _fail(f"{where} has an unusable class scheme ({err.message})",
+                    "the metadata was edited: restore the original JSON file") from None
 
 
 def read_checkpoint(path: str | os.PathLike[str], *, bands: tuple[str, ...] | None = None,

@@ -6,7 +6,16 @@ Two domains, as in the seed method:
 - **target**: cloudy optical + SAR pairs from *another* area (labels kept only for
   evaluation), cloud cover per cloud cell drawn from 0 to 100 % (with extra mass at exactly 0
   and 100 %), clouds made by the same simulator as the sample archive's scenes, and the cloud
-  mask derived from the simulated SCL exactly as the cube derives it (SCL in 3, 8, 9, 10).
+  mask derived from the simulated SCL exactly as the cube derives it (SCL in
+  :data:`geoflow.sentinel.HIDDEN_SCL`: cloud, shadow, cirrus and snow).
+
+Dates cover the whole year (two thirds in the growing season, a third anywhere): fields
+green up, ripen and lie bare, broadleaf forest loses its leaves, winter dates can be snowy
+(snow is not land cover: a snowy patch keeps the label of the ground under it; in the target
+domain its SCL says 11 and the mask hides it, so the IRM leans on SAR as under cloud). The
+source domain's mask stays empty: it is the labelled, cloud-free optical domain, and its
+snowy patches teach the optical models what a snowy field or forest looks like when no SCL
+says so (BigEarthNet and other archives ship none).
 
 Train, validation and test areas come from different world seeds (see :func:`split_seed`).
 The 20 m bands are degraded like the archive's (2x2 mean, then back to 10 m), so a model sees
@@ -27,12 +36,14 @@ from dataclasses import dataclass
 import numpy as np
 
 from geoflow.errors import ModelError
+from geoflow.sentinel import HIDDEN_SCL, S2_10M, S2_BANDS
 
 #: Cloud-cover bins used by evaluation, as (name, low, high) on the patch's cloud fraction.
 CLOUD_BINS = (("0-10", 0.0, 0.1), ("10-30", 0.1, 0.3), ("30-60", 0.3, 0.6),
               ("60-90", 0.6, 0.9), ("90-100", 0.9, 1.01))  # fractions never exceed 1
-_S2_20M = (3, 4, 5, 7, 8, 9)  # B05 B06 B07 B8A B11 B12 (indices in S2_BANDS)
-_CLOUDY_SCL = (3, 8, 9, 10)
+# The conventions come from the bottom of the house, not copies: indices of the 20 m bands in
+# S2_BANDS (B05 B06 B07 B8A B11 B12).
+_S2_20M = tuple(i for i, band in enumerate(S2_BANDS) if band not in S2_10M)
 _SEED_OFFSETS = {"source": 1_000_003, "target": 2_000_003, "val": 3_000_017}
 
 
@@ -107,6 +118,14 @@ def _mimic_20m(refl: np.ndarray) -> np.ndarray:
     return out
 
 
+def _doy_draw(rng: np.random.Generator) -> int:
+    # Two thirds in the growing season (most archives and most clear scenes), a third anywhere
+    # in the year (winter, bare fields, snow).
+    if rng.random() < 2 / 3:
+        return int(rng.integers(100, 290))
+    return int(rng.integers(1, 366))
+
+
 def _cloud_cover_draw(rng: np.random.Generator) -> float:
     # Uniform on [-0.15, 1.05] clipped, squared to offset the shadows and haze fringes that the
     # SCL mask adds to the simulated cover: patch cloud fractions then spread over 0..1 with
@@ -151,9 +170,11 @@ def make_patches(seed: int, domain: str, n: int, patch_size: int = 32, *,
     rng = np.random.default_rng([int(seed), 0 if domain == "source" else 1])
     p = int(patch_size)
     block = p * cell
-    # ~3/4 of the patches are pure enough; areas beyond 1024 px are made as several tiles.
+    # ~3/4 of the patches are pure enough. The area is made as several tiles of at most 512 px,
+    # each on its own date (more dates: more seasons, sea states and snow); at least about four
+    # tiles, so that even a small set is not one date (a snowy January alone, say).
     want = int(np.ceil(np.sqrt(2.0 * n))) * p
-    side = min(-(-want // block), max(1, 1024 // block)) * block
+    side = min(-(-want // (2 * block)), max(1, 512 // block)) * block
     side = max(side, -(-64 // block) * block)
     out_s2, out_s1, out_cl, out_lab = [], [], [], []
     got = 0
@@ -161,10 +182,12 @@ def make_patches(seed: int, domain: str, n: int, patch_size: int = 32, *,
     while got < n:
         lc = world.landcover(int(seed) * 1000 + tile, (side, side))
         tile += 1
-        doy = int(rng.integers(90, 300))
-        refl = _mimic_20m(world.s2_reflectance(lc, rng, doy))
+        doy = _doy_draw(rng)
+        snow = world.snow_cover(lc, rng, doy)
+        refl = _mimic_20m(world.s2_reflectance(lc, rng, doy, snow=snow))
         sar = world.s1_backscatter_db(lc, rng, "ascending" if rng.random() < 0.5 else
-                                      "descending")
+                                      "descending", doy=doy, snow=snow)
+        seen = world.to_20m(world.visible_snow(lc, snow))
         cloud = np.zeros((side, side), np.float32)
         if domain == "target":
             refl_c = np.empty_like(refl)
@@ -175,8 +198,10 @@ def make_patches(seed: int, domain: str, n: int, patch_size: int = 32, *,
                     win = (slice(None), slice(by, by + block), slice(bx, bx + block))
                     refl_c[win] = clouds_mod.apply_clouds(refl[win], cl)
                     # SCL is a 20 m product: classify at 20 m, back to 10 m like the cube.
-                    scl20 = clouds_mod.scl(lc[win[1:]][::2, ::2], cl.to_20m())
-                    cl10 = np.repeat(np.repeat(np.isin(scl20, _CLOUDY_SCL), 2, 0), 2, 1)
+                    scl20 = clouds_mod.scl(lc[win[1:]][::2, ::2], cl.to_20m(),
+                                           seen[by // 2:(by + block) // 2,
+                                                bx // 2:(bx + block) // 2])
+                    cl10 = np.repeat(np.repeat(np.isin(scl20, HIDDEN_SCL), 2, 0), 2, 1)
                     cloud[win[1:]] = cl10
             refl = refl_c
         for py in range(0, side - p + 1, p):

@@ -65,6 +65,8 @@ import numpy as np
 from torch.utils.data import Dataset
 
 from geoflow.errors import ModelError
+from geoflow.model._constants import CLASSES
+from geoflow.sentinel import HIDDEN_SCL, S2_BANDS
 
 # Band orders of the multi-band S2 files geoflow recognises by band count when a file does not
 # name its bands. 13: Level-1C with all bands (SEN12MS, EuroSAT); 12: Level-2A (no B10, the
@@ -75,24 +77,6 @@ _S2_ORDERS: dict[int, tuple[str, ...]] = {
 }
 SEN12MSCR_SEASONS = ("ROIs1158_spring", "ROIs1868_summer", "ROIs1970_fall", "ROIs2017_winter")
 _S2_FILE = re.compile(r"^(ROIs\d+_[a-z]+)_s2_(\d+)_p(\d+)\.tif$")
-
-
-def _geoflow_bands() -> tuple[str, ...]:
-    from geoflow.sentinel import S2_BANDS
-
-    return tuple(S2_BANDS)
-
-
-def _default_classes() -> tuple[str, ...]:
-    from geoflow.model._constants import CLASSES
-
-    return tuple(CLASSES)
-
-
-def _cloudy_scl() -> tuple[int, ...]:
-    from geoflow.sentinel import CLOUDY_SCL
-
-    return tuple(CLOUDY_SCL)
 
 
 def _band_key(name: str) -> str:
@@ -156,7 +140,7 @@ def _nodata_mask(src: Any, arr: np.ndarray) -> np.ndarray:
 
 def _s2_band_index(src: Any, what: str) -> list[int]:
     """Positions (0-based) of geoflow's ten bands in ``src``: by band descriptions, else count."""
-    want = _geoflow_bands()
+    want = tuple(S2_BANDS)
     names = [_band_key(d) for d in src.descriptions if d]
     if len(names) == src.count and set(want) <= set(names):
         return [names.index(b) for b in want]
@@ -270,7 +254,7 @@ def _read_raw(path: Path, names: Sequence[str] | None, window: _Window,
 
 def _read_s2(path: Path, window: _Window, expect: tuple[int, int] | None, *, offset_dn: float,
              what: str = "S2 patch") -> tuple[np.ndarray, tuple[int, int], Any]:
-    raw = _read_raw(path, _geoflow_bands(), window, expect, what, check_res=True)
+    raw = _read_raw(path, tuple(S2_BANDS), window, expect, what, check_res=True)
     if path.is_dir():
         idx = list(range(len(raw.names)))
     else:
@@ -327,7 +311,8 @@ def _read_mask(path: Path, window: _Window, expect: tuple[int, int], crs: Any, *
         raw = _read(src, window, expect, what)[0]
         nodata = _nodata_mask(src, raw)
     if scl:
-        out = np.isin(raw, _cloudy_scl()).astype(np.float32)
+        # Cloud, shadow, cirrus and snow hide the ground, as in the cube's mask.
+        out = np.isin(raw, HIDDEN_SCL).astype(np.float32)
         nodata |= raw == 0  # SCL class 0 is no data
     else:
         out = raw.astype(np.float32)
@@ -378,7 +363,7 @@ class _PatchDataset(Dataset):
         # Size of the files, from the first sample; every other file is checked when read.
         first = self.samples[0].s2
         if first.is_dir():
-            first = _band_files(first, _geoflow_bands(), "S2 patch")[0]
+            first = _band_files(first, tuple(S2_BANDS), "S2 patch")[0]
         with _open(first, "S2 patch") as src:
             _check_resolution(src, "S2 patch")
             if not self.samples[0].s2.is_dir():
@@ -556,7 +541,7 @@ class SEN12MSCRDataset(_PatchDataset):
                              hint="pass 'error' or 'skip'")
         self.cloud_method = cloud
         self.cloud_threshold = float(cloud_threshold)
-        classes = tuple(classes) if classes is not None else _default_classes()
+        classes = tuple(classes) if classes is not None else tuple(CLASSES)
         samples = _sen12mscr_samples(self.root, seasons, on_missing)
         if labels:
             known = {s.id for s in samples}
@@ -675,7 +660,7 @@ def estimate_cloud(cloudy: np.ndarray, clear: np.ndarray, *, threshold: float = 
     array([[1., 0.],
            [0., 0.]], dtype=float32)
     """
-    bands = _geoflow_bands()
+    bands = tuple(S2_BANDS)
     vis = [bands.index(b) for b in ("B02", "B03", "B04")]
     nir = bands.index("B08")
     with np.errstate(invalid="ignore"):
@@ -711,7 +696,8 @@ class PatchFolderDataset(_PatchDataset):
         Class name (case-insensitive) or index into ``classes``; empty: unlabelled (-1).
     ``cloud`` (optional)
         1-band cloud mask, 0 clear to 1 cloud; or ``scl`` (optional): a Sentinel-2 scene
-        classification raster, cloudy where SCL is 3, 8, 9 or 10. Neither: ``cloud`` is NaN.
+        classification raster, hidden where SCL is 3, 8, 9, 10 (cloud, shadow, cirrus) or 11
+        (snow). Neither: ``cloud`` is NaN.
     ``id`` (optional)
         The sample's name; default the S2 file name without its suffix.
 
@@ -744,7 +730,7 @@ class PatchFolderDataset(_PatchDataset):
                  classes: Sequence[str] | None = None, s1_units: str = "db",
                  s2_offset_dn: float = 0.0) -> None:
         self.csv_path = Path(csv_path)
-        classes = tuple(classes) if classes is not None else _default_classes()
+        classes = tuple(classes) if classes is not None else tuple(CLASSES)
         samples = _csv_samples(self.csv_path, classes)
         super().__init__(samples, patch_size=patch_size, classes=classes, s1_units=s1_units,
                          s2_offset_dn=s2_offset_dn)

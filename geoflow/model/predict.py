@@ -128,7 +128,7 @@ class LoadedModel:
         s1
             (N, 2, P, P) float32 backscatter in dB; an all-NaN patch means no SAR.
         cloud
-            (N, P, P) float32: 1 cloud or shadow, 0 clear, NaN no data.
+            (N, P, P) float32: 1 cloud, shadow or snow, 0 clear, NaN no data.
         batch_size
             Patches per forward pass.
 
@@ -200,12 +200,13 @@ def load(path: str | os.PathLike[str] | None = None, device: str | torch.device 
     """
     p = Path(path) if path is not None else DEFAULT_CHECKPOINT
     if p.is_dir():
-        for name in ("student_irm", "demo"):
+        for name in ("student_irm", "demo", "finetuned"):
             if (p / f"{name}.json").is_file():
                 p = p / f"{name}.safetensors"
                 break
         else:
-            raise CheckpointError(f"directory {p} holds no student_irm or demo checkpoint",
+            raise CheckpointError(f"directory {p} holds no student_irm, demo or finetuned "
+                                  "checkpoint",
                                   hint="pass a NAME.safetensors file, or a directory written by "
                                   "`geoflow train --out DIR` after it finished")
     ckpt = read_checkpoint(p, bands=bands, patch_size=patch_size)

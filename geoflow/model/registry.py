@@ -78,10 +78,11 @@ def _check_name(text: str, what: str = "model name") -> str:
 
 def _train_dir_file(path: Path) -> Path:
     # A `geoflow train --out` folder stands for its student, as geoflow.model.load reads it.
-    for stem in ("student_irm", "demo"):
+    for stem in ("student_irm", "demo", "finetuned"):
         if (path / f"{stem}.json").is_file():
             return path / f"{stem}.safetensors"
-    raise CheckpointError(f"directory {path} holds no student_irm or demo checkpoint",
+    raise CheckpointError(f"directory {path} holds no student_irm, demo or finetuned "
+                          "checkpoint",
                           hint="pass a NAME.safetensors file, or a finished `geoflow train` folder")
 
 

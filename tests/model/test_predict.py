@@ -68,7 +68,7 @@ def test_wrong_shapes_are_explained(model: geoflow.model.LoadedModel) -> None:
 def test_load_errors(tmp_path: Path) -> None:
     with pytest.raises(CheckpointError, match="does not exist"):
         geoflow.model.load(tmp_path / "missing.safetensors")
-    with pytest.raises(CheckpointError, match="no student_irm or demo checkpoint"):
+    with pytest.raises(CheckpointError, match="no student_irm, demo or finetuned checkpoint"):
         geoflow.model.load(tmp_path)
     with pytest.raises(CheckpointError, match="not 64 px"):
         geoflow.model.load(patch_size=64)

@@ -200,7 +200,7 @@ def test_train_folder_is_added_as_its_student(reg: ModelRegistry, tmp_path: Path
     student = _ckpt(tmp_path / "run" / "student_irm", 3)
     entry, _ = reg.add(tmp_path / "run", "trained")
     assert entry.checksum == _meta(student)["checksum"]
-    with pytest.raises(CheckpointError, match="no student_irm or demo"):
+    with pytest.raises(CheckpointError, match="no student_irm, demo or finetuned"):
         reg.add(tmp_path, "trained")
 
 

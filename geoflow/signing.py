@@ -1,0 +1,365 @@
+"""Signing asset URLs on the workers, just before a read, with tokens that last.
+
+Some catalogs (Planetary Computer) hand out asset URLs that must be signed with a token that
+expires (about an hour). Signing the items on the client at search time would fail the chunks
+that run after the expiry, so geoflow keeps the items unsigned and signs each href where it
+is opened (:func:`open_raster`, called by the cube's reader): tokens are cached per process
+until shortly before they expire; a kept-open dataset whose token was renewed is reopened
+(:func:`current`), and an open or read that is refused (HTTP 403 for an expired or revoked
+signature, which GDAL does not always name) re-signs with a fresh token and retries once.
+
+A signer is any picklable object with ``sign(href, refresh=False) -> str`` (the
+:class:`HrefSigner` protocol); it returns hrefs it does not own unchanged, so several can be
+active at once (Sentinel-2 from one catalog, Sentinel-1 from another). Two are built in:
+
+- :class:`PlanetaryComputerSigner`: the ``planetary-computer`` package's tokens (extra
+  ``geoflow[planetary-computer]``), for ``*.blob.core.windows.net`` hrefs;
+- :class:`SasTokenSigner`: any endpoint that answers ``{"token": "...", "msft:expiry": ...}``
+  (the Planetary Computer token API's form), for hrefs on the hosts you name.
+
+Examples
+--------
+>>> signer = SasTokenSigner("http://127.0.0.1:9/token", hosts=("data.example.org",))
+>>> signer.sign("https://other.example.org/a.tif")
+'https://other.example.org/a.tif'
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any, Protocol, runtime_checkable
+from urllib.parse import urlsplit
+
+from geoflow.errors import CatalogError, strip_secrets
+
+
+@runtime_checkable
+class HrefSigner(Protocol):
+    """What a signer does: sign one href (``refresh=True``: with a new token).
+
+    Implementations must pickle (they travel to Dask workers) and return hrefs they do not
+    sign unchanged.
+    """
+
+    def sign(self, href: str, refresh: bool = False) -> str:
+        """The signed href."""
+        ...  # pragma: no cover
+
+
+#: Per process: token cache key -> (token, expiry as epoch seconds).
+_TOKENS: dict[str, tuple[str, float]] = {}
+_LOCK = threading.Lock()
+#: Per process counters: tokens fetched, and re-signs forced by a refused open or read.
+_STATS = {"tokens": 0, "resigned": 0}
+#: Signers of the run this process is reading for (set on each worker per chunk).
+_ACTIVE: list[tuple[HrefSigner, ...]] = [()]
+
+
+def _expiry(value: Any) -> float:
+    if isinstance(value, int | float):
+        return float(value)
+    return datetime.fromisoformat(str(value).replace("Z", "+00:00")).timestamp()
+
+
+def _with_token(href: str, token: str) -> str:
+    base = href.split("?", 1)[0]
+    return f"{base}?{token.lstrip('?')}"
+
+
+class _CachedTokenSigner:
+    """Shared part: a token per key, cached in the process until ``margin_s`` before expiry
+    (subclasses are frozen dataclasses with a ``margin_s`` field)."""
+
+    margin_s: float
+
+    def _key(self, href: str) -> str | None:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def _fetch(self, key: str) -> tuple[str, float]:  # pragma: no cover - abstract
+        raise NotImplementedError
+
+    def peek(self, href: str) -> str | None:
+        """``href`` signed with the cached token if it is still fresh, else None (no request);
+        ``href`` itself when this signer does not own it."""
+        key = self._key(href)
+        if key is None:
+            return href
+        with _LOCK:
+            cached = _TOKENS.get(key)
+        if cached is None or cached[1] - time.time() < self.margin_s:
+            return None
+        return _with_token(href, cached[0])
+
+    def sign(self, href: str, refresh: bool = False) -> str:
+        """``href`` with a token for its container (unchanged if this signer does not own it).
+
+        Parameters
+        ----------
+        href
+            The asset URL (a signature it already carries is replaced).
+        refresh
+            Fetch a new token even if the cached one looks valid (after an HTTP 403).
+        """
+        key = self._key(href)
+        if key is None:
+            return href
+        with _LOCK:
+            cached = _TOKENS.get(key)
+        if refresh or cached is None or cached[1] - time.time() < self.margin_s:
+            try:
+                cached = self._fetch(key)
+            except CatalogError:
+                raise
+            except Exception as err:
+                raise CatalogError(f"getting a signing token for {strip_secrets(href)} failed: "
+                                   f"{strip_secrets(str(err))[:300]}",
+                                   hint="check the token endpoint and the network") from None
+            with _LOCK:
+                _TOKENS[key] = cached
+                _STATS["tokens"] += 1
+        return _with_token(href, cached[0])
+
+
+@dataclass(frozen=True)
+class SasTokenSigner(_CachedTokenSigner):
+    """Signs hrefs on ``hosts`` with tokens from ``endpoint`` (GET, JSON ``token`` and
+    ``msft:expiry``, an ISO time or epoch seconds).
+
+    Parameters
+    ----------
+    endpoint
+        The token URL.
+    hosts
+        Host names (``host`` or ``host:port``) whose hrefs are signed.
+    margin_s
+        Renew a cached token when less than this is left of it.
+
+    Examples
+    --------
+    >>> s = SasTokenSigner("http://127.0.0.1:9/token", hosts=("127.0.0.1:8",), margin_s=1)
+    >>> s.sign("http://example.org/x.tif")
+    'http://example.org/x.tif'
+    """
+
+    endpoint: str
+    hosts: tuple[str, ...] = ()
+    #: Renew a cached token when less than this many seconds of it are left.
+    margin_s: float = 300.0
+
+    def _key(self, href: str) -> str | None:
+        parts = urlsplit(href)
+        if parts.scheme not in ("http", "https"):
+            return None
+        return self.endpoint if (parts.netloc in self.hosts
+                                 or (parts.hostname or "") in self.hosts) else None
+
+    def _fetch(self, key: str) -> tuple[str, float]:
+        import requests
+
+        answer = requests.get(key, timeout=30)
+        answer.raise_for_status()
+        body = answer.json()
+        return str(body["token"]), _expiry(body["msft:expiry"])
+
+
+@dataclass(frozen=True)
+class PlanetaryComputerSigner(_CachedTokenSigner):
+    """Signs ``*.blob.core.windows.net`` hrefs with Planetary Computer SAS tokens, through the
+    ``planetary-computer`` package (its token endpoint: ``PC_SDK_SAS_URL``; an API key:
+    ``PC_SDK_SUBSCRIPTION_KEY``).
+
+    Examples
+    --------
+    >>> PlanetaryComputerSigner().sign("s3://bucket/x.tif")
+    's3://bucket/x.tif'
+    """
+
+    #: Renew a cached token when less than this many seconds of it are left.
+    margin_s: float = 300.0
+
+    def _key(self, href: str) -> str | None:
+        host = (urlsplit(href).hostname or "").lower()
+        if not host.endswith(".blob.core.windows.net") or host.startswith(
+                "ai4edatasetspublicassets."):
+            return None
+        parts = urlsplit(href)
+        container = parts.path.lstrip("/").split("/", 1)[0]
+        return f"{host.split('.', 1)[0]}/{container}"
+
+    def _fetch(self, key: str) -> tuple[str, float]:
+        sas = _planetary_computer().sas
+        account, container = key.split("/", 1)
+        # The package caches too, renewing only under 60 s: drop its entry so a refresh (or
+        # our larger margin) really gets a new token.
+        url = f"{sas.Settings.get().sas_url}/{account}/{container}"
+        sas.TOKEN_CACHE.pop(url, None)
+        token = sas.get_token(account, container)
+        return str(token.token), token.expiry.timestamp()
+
+
+def _planetary_computer() -> Any:
+    import warnings
+
+    try:
+        with warnings.catch_warnings():
+            # planetary-computer 1.0's pydantic models warn on import under pydantic 2.
+            warnings.simplefilter("ignore", DeprecationWarning)
+            import planetary_computer
+            import planetary_computer.sas
+    except ImportError:
+        raise CatalogError("signing Planetary Computer asset URLs needs the planetary-computer "
+                           "package, which is not installed",
+                           hint="pip install 'geoflow[planetary-computer]'") from None
+    return planetary_computer
+
+
+def resolve_signer(signer: Any) -> HrefSigner | None:
+    """A signer from None, ``"planetary-computer"``, or an :class:`HrefSigner`.
+
+    Raises
+    ------
+    CatalogError
+        An unknown name, an object without ``sign``, or ``"planetary-computer"`` without its
+        package (the message names the extra).
+
+    Examples
+    --------
+    >>> resolve_signer(None) is None
+    True
+    """
+    if signer is None:
+        return None
+    if signer == "planetary-computer":
+        _planetary_computer()
+        return PlanetaryComputerSigner()
+    if isinstance(signer, HrefSigner):
+        return signer
+    raise CatalogError(f"unknown signer {signer!r}",
+                       hint="use None, 'planetary-computer', or an object with "
+                            "sign(href, refresh=False) -> str (geoflow.signing.HrefSigner)")
+
+
+def activate(signers: Sequence[HrefSigner]) -> None:
+    """Set the signers of the run this process reads for (each chunk task calls it)."""
+    _ACTIVE[0] = tuple(signers)
+
+
+def sign(href: str, refresh: bool = False) -> str:
+    """``href`` signed by the active signers (unchanged when none owns it)."""
+    for signer in _ACTIVE[0]:
+        signed = signer.sign(href, refresh=refresh)
+        if signed != href:
+            return signed
+    return href
+
+
+def current(src: Any, href: str) -> bool:
+    """Whether a dataset opened by :func:`open_raster` still holds the current signature of
+    ``href`` (no request is made): a kept-open dataset is reopened when its token was
+    renewed, instead of waiting for its next read to be refused."""
+    signed = getattr(src, "geoflow_signed", None)
+    if signed is None:
+        return True
+    for signer in _ACTIVE[0]:
+        peek = getattr(signer, "peek", None)
+        fresh = peek(href) if peek is not None else signer.sign(href)
+        if fresh != href:
+            return bool(fresh == signed)
+    return False
+
+
+def sign_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Copies of ``items`` with every asset href signed (for readers geoflow cannot hook)."""
+    if not _ACTIVE[0]:
+        return items
+    return [{**it, "assets": {k: {**a, "href": sign(str(a["href"]))}
+                              for k, a in (it.get("assets") or {}).items()}} for it in items]
+
+
+class _SignedDataset:
+    """A rasterio dataset opened from a signed URL. A read that fails (an expired or revoked
+    signature: GDAL reports a refused block read without its HTTP status) is retried once
+    on a dataset opened afresh with a new token. Everything else is the dataset's own."""
+
+    def __init__(self, src: Any, href: str, url: str) -> None:
+        self.__dict__.update(_src=src, _href=href, geoflow_signed=url)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.__dict__["_src"], name)
+
+    @property
+    def closed(self) -> bool:
+        return bool(self._src.closed)
+
+    def read(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._src.read(*args, **kwargs)
+        except Exception:
+            url = _resign(self._href)
+            with contextlib.suppress(Exception):
+                self._src.close()
+            self.__dict__.update(_src=_rasterio_open(url), geoflow_signed=url)
+            return self._src.read(*args, **kwargs)
+
+    def close(self) -> None:
+        self._src.close()
+
+    def __enter__(self) -> _SignedDataset:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()
+
+
+def _rasterio_open(url: str) -> Any:
+    import rasterio
+
+    return rasterio.open(url)
+
+
+def _resign(href: str) -> str:
+    """A new signature for ``href`` (a new token), counted. GDAL's memory of the refused
+    answers needs no clearing: it is kept per URL, and the new URL differs."""
+    with _LOCK:
+        _STATS["resigned"] += 1
+    return sign(href, refresh=True)
+
+
+def open_raster(href: str) -> Any:
+    """``rasterio.open`` of ``href`` signed just now. An open or a later read that fails is
+    tried once more with a new token (counted in :func:`stats`): GDAL often reports a refused
+    signature (HTTP 403) as "not recognized" or "read failed", without the status, and a new
+    token costs one small request. A fault that is not the signature's fails again, with its
+    own message. Without active signers, or for an href no signer owns, a plain open."""
+    url = sign(href) if _ACTIVE[0] else href
+    if url == href:
+        return _rasterio_open(href)
+    try:
+        return _SignedDataset(_rasterio_open(url), href, url)
+    except Exception:
+        pass
+    url = _resign(href)
+    return _SignedDataset(_rasterio_open(url), href, url)
+
+
+def stats() -> dict[str, int]:
+    """This process's counts: ``tokens`` fetched, hrefs ``resigned`` after a refused open or
+    read."""
+    with _LOCK:
+        return dict(_STATS)
+
+
+def reset() -> None:
+    """Forget cached tokens and counts (tests)."""
+    with _LOCK:
+        _TOKENS.clear()
+        _STATS.update(tokens=0, resigned=0)
+
+
+__all__ = ["HrefSigner", "PlanetaryComputerSigner", "SasTokenSigner", "activate", "current",
+           "open_raster", "resolve_signer", "sign", "sign_items", "stats"]

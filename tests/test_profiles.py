@@ -1,0 +1,176 @@
+"""Catalog profiles on real items (tests/data/real_items, see its README) and their rules."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from geoflow.catalog import scenes_from_items
+from geoflow.errors import CatalogError, CubeError
+from geoflow.profiles import (
+    PROFILES,
+    get_profile,
+    guess_profile,
+    item_offset,
+    normalize_item,
+    s2_offset,
+    sensor_of,
+)
+from geoflow.sentinel import S2_BANDS
+
+DATA = Path(__file__).parent / "data" / "real_items"
+
+
+def _load(name: str) -> dict:
+    return json.loads((DATA / name).read_text())
+
+
+def test_planetary_computer_item_parses_as_published() -> None:
+    raw = _load("planetary-computer-s2-l2a.json")
+    before = json.dumps(raw, sort_keys=True)
+    scenes = scenes_from_items([raw], signer=None)
+    assert json.dumps(raw, sort_keys=True) == before  # the user's item is not changed
+    item = scenes.s2[0]
+    props = item["properties"]
+    assert props["geoflow:profile"] == "planetary-computer"  # from its links' host
+    assert set(item["assets"]) == {*S2_BANDS, "SCL"}
+    assert item["assets"]["B8A"]["href"].endswith("_B8A_20m.tif")
+    assert item["assets"]["SCL"]["proj:transform"][0] == 20.0
+    assert props["geoflow:offset"] == 0.0  # baseline 02.12: no offset
+    assert props["eo:cloud_cover"] == pytest.approx(0.314306)
+    assert props["proj:epsg"] == 32606
+    assert scenes.summary()[0]["cloud_cover"] == pytest.approx(0.314306)
+    # The workers sign its blob hrefs with Planetary Computer's signer.
+    assert [type(s).__name__ for s in scenes.signers] == ["PlanetaryComputerSigner"]
+
+
+# Earth Search v1 asset keys -> geoflow's canonical bands; its COG files are named canonically.
+_ES_KEYS = {"B02": "blue", "B03": "green", "B04": "red", "B05": "rededge1", "B06": "rededge2",
+            "B07": "rededge3", "B08": "nir", "B8A": "nir08", "B11": "swir16", "B12": "swir22",
+            "SCL": "scl"}
+
+
+def test_earth_search_item_parses_as_published_and_its_offset_is_not_removed_twice() -> None:
+    raw = _load("earth-search-s2-l2a.json")  # baseline 04.00, boa_offset_applied true
+    before = json.dumps(raw, sort_keys=True)
+    scenes = scenes_from_items([raw], signer=None)
+    assert json.dumps(raw, sort_keys=True) == before  # the user's item is not changed
+    item = scenes.s2[0]
+    props = item["properties"]
+    assert props["geoflow:profile"] == "earth-search"  # from its self link's host
+    assert guess_profile(raw["links"][0]["href"]).name == "earth-search"
+    assert set(item["assets"]) == {*S2_BANDS, "SCL"} == set(_ES_KEYS)
+    cogs = ("https://sentinel-cogs.s3.us-west-2.amazonaws.com/sentinel-s2-l2a-cogs/33/T/WN/"
+            "2022/1/S2B_33TWN_20220130_0_L2A")
+    for canon, key in _ES_KEYS.items():
+        assert item["assets"][canon]["href"] == raw["assets"][key]["href"] == (
+            f"{cogs}/{canon}.tif"), canon
+    assert item["assets"]["B8A"]["proj:transform"][0] == 20
+    assert item["assets"]["SCL"]["raster:bands"][0]["data_type"] == "uint8"
+    # Baseline 04.00 and raster:bands offset -0.1 on every band, but Earth Search says the
+    # COGs already had the offset removed: 0, once.
+    assert raw["properties"]["s2:processing_baseline"] == "04.00"
+    assert raw["assets"]["red"]["raster:bands"][0]["offset"] == -0.1
+    assert props["geoflow:offset"] == 0.0
+    assert props["eo:cloud_cover"] == pytest.approx(55.048245)
+    assert props["proj:epsg"] == 32633
+    assert scenes.summary()[0]["cloud_cover"] == pytest.approx(55.048245)
+    assert sensor_of(raw) == "s2"
+    # Normalising again keeps the decision (no second offset).
+    assert normalize_item(item, "s2", get_profile("earth-search"))["properties"][
+        "geoflow:offset"] == 0.0
+    # The flag is what keeps the offset from being removed: without it, raster:bands decides.
+    unflagged = json.loads(before)
+    del unflagged["properties"]["earthsearch:boa_offset_applied"]
+    assert normalize_item(unflagged, "s2", get_profile("earth-search"))["properties"][
+        "geoflow:offset"] == -1000.0
+    # Read with another catalog's profile, the missing keys are named with the fix.
+    with pytest.raises(CubeError, match=r"lacks assets \['B02 \(B02\)'") as err:
+        normalize_item(raw, "s2", get_profile("planetary-computer"))
+    assert "Profile.with_assets" in str(err.value.hint)
+
+
+def test_earth_search_old_baseline_item_is_read_without_an_offset() -> None:
+    old = _load("earth-search-s2-l2a-baseline-00.01.json")  # 2016, boa_offset_applied false
+    new = _load("earth-search-s2-l2a.json")
+    scenes = scenes_from_items([new, old], signer=None)
+    assert [r["id"] for r in scenes.summary()] == [old["id"], new["id"]]  # by datetime
+    assert [r["cloud_cover"] for r in scenes.summary()] == [
+        pytest.approx(51.059555), pytest.approx(55.048245)]
+    item = next(i for i in scenes.s2 if i["id"] == old["id"])
+    props = item["properties"]
+    assert props["geoflow:profile"] == "earth-search"
+    assert props["proj:epsg"] == 32633
+    assert item["assets"]["B11"]["href"] == old["assets"]["swir16"]["href"]
+    assert item["assets"]["B11"]["href"].endswith("/2016/12/S2A_33TWN_20161202_0_L2A/B11.tif")
+    # Flag false (not taken as "applied"), raster:bands offset 0: 0 from raster:bands.
+    assert old["properties"]["earthsearch:boa_offset_applied"] is False
+    assert old["assets"]["red"]["raster:bands"][0]["offset"] == 0
+    assert props["geoflow:offset"] == 0.0
+    # Without raster:bands the baseline (00.01, before 04.00) decides: still 0.
+    bare = json.loads(json.dumps(old))
+    for asset in bare["assets"].values():
+        asset.pop("raster:bands", None)
+    assert item_offset(bare) == 0.0
+    assert s2_offset(old["properties"]["s2:processing_baseline"]) == 0.0
+
+
+@pytest.mark.parametrize(("props", "band", "offset"), [
+    ({"s2:processing_baseline": "05.09"}, {}, -1000.0),
+    ({"s2:processing_baseline": "03.01"}, {}, 0.0),
+    ({"s2:processing_baseline": "05.09", "earthsearch:boa_offset_applied": True},
+     {"raster:bands": [{"scale": 0.0001, "offset": -0.1}]}, 0.0),
+    ({"s2:processing_baseline": "05.09", "earthsearch:boa_offset_applied": False},
+     {"raster:bands": [{"scale": 0.0001, "offset": -0.1}]}, -1000.0),
+    ({"s2:processing_baseline": "02.12"}, {"raster:bands": [{"scale": 0.0001, "offset": 0}]},
+     0.0),
+    ({"geoflow:offset": -1000.0, "earthsearch:boa_offset_applied": True}, {}, -1000.0),
+])
+def test_offset_rules(props: dict, band: dict, offset: float) -> None:
+    assert item_offset({"id": "x", "properties": props, "assets": {"B04": band}}) == offset
+
+
+def test_offset_rule_refuses_another_scale() -> None:
+    with pytest.raises(CubeError, match="scale"):
+        item_offset({"id": "x", "properties": {},
+                     "assets": {"B04": {"raster:bands": [{"scale": 2e-4, "offset": -0.2}]}}})
+    assert s2_offset("04.00") == -1000.0
+
+
+def test_profiles_are_guessed_from_hosts_and_named_clearly() -> None:
+    assert guess_profile("https://planetarycomputer.microsoft.com/api/stac/v1").signer == (
+        "planetary-computer")
+    assert guess_profile("https://earth-search.aws.element84.com/v1").s1_collection is None
+    assert guess_profile("https://example.org/stac").name == "generic"
+    assert guess_profile("https://evil-planetarycomputer.microsoft.com.example.org").name == (
+        "generic")
+    with pytest.raises(CatalogError, match="unknown catalog profile 'aws'"):
+        get_profile("aws")
+    assert set(PROFILES) == {"planetary-computer", "earth-search", "generic"}
+
+
+def test_sentinel1_grd_and_unknown_items_are_refused() -> None:
+    grd = {"id": "g", "properties": {"platform": "SENTINEL-1A", "sar:product_type": "GRD",
+                                     "proj:epsg": 32632}, "assets": {}}
+    with pytest.raises(CatalogError, match="radar geometry"):
+        normalize_item(grd, "s1", PROFILES["generic"])
+    with pytest.raises(CatalogError, match="neither Sentinel-2 nor Sentinel-1"):
+        scenes_from_items([{"id": "l8", "collection": "landsat-c2-l2", "properties": {},
+                            "assets": {}}])
+    with pytest.raises(CatalogError, match="ItemCollection or a list"):
+        scenes_from_items(42)
+
+
+def test_items_outside_the_request_are_left_out_as_a_search_would() -> None:
+    from geoflow.errors import NoScenesError
+    from geoflow.request import Request
+
+    raw = _load("planetary-computer-s2-l2a.json")  # Alaska, 2019-06-29
+    inside = Request.from_user("-148.0,60.5,-147.9,60.6", "2019-06-01/2019-06-30")
+    assert [i["id"] for i in scenes_from_items([raw], request=inside).s2] == [raw["id"]]
+    for bbox, dates in (("10.0,53.5,10.1,53.6", "2019-06-01/2019-06-30"),
+                        ("-148.0,60.5,-147.9,60.6", "2019-07-01/2019-07-31")):
+        with pytest.raises(NoScenesError, match="no Sentinel-2 scene in bbox"):
+            scenes_from_items([raw], request=Request.from_user(bbox, dates))
