@@ -258,11 +258,16 @@ def _dashboard(client: Client) -> str | None:
         return None
 
 
-def new_local_cluster(n_workers: int | None, gdal: dict[str, str]) -> tuple[LocalCluster, Client]:
+def new_local_cluster(n_workers: int | None, gdal: dict[str, str], *,
+                      threads_per_worker: int = 1,
+                      resources: Mapping[str, float] | None = None,
+                      ) -> tuple[LocalCluster, Client]:
     """A LocalCluster of processes with one thread each, tuned for chunk tasks
     (:data:`LOCAL_CLUSTER_CONFIG`, :data:`WORKER_ENV`), on 127.0.0.1 only, and its client.
 
     The caller owns both (:mod:`geoflow.session` keeps one per Python session).
+    ``threads_per_worker`` and ``resources`` (e.g. ``{"GPU": 4}``: four chunks at once on a
+    worker that owns a GPU) are for the device benchmark.
 
     Examples
     --------
@@ -271,7 +276,8 @@ def new_local_cluster(n_workers: int | None, gdal: dict[str, str]) -> tuple[Loca
     n = n_workers or min(os.cpu_count() or 1, 8)
     with dask.config.set(LOCAL_CLUSTER_CONFIG):  # nannies pass it to their workers
         cluster = LocalCluster(
-            n_workers=n, threads_per_worker=1, processes=True,
+            n_workers=n, threads_per_worker=int(threads_per_worker), processes=True,
+            resources=dict(resources) if resources else None,
             # Loopback only: scheduler, workers and dashboard are this machine's.
             host="127.0.0.1",
             # A free port: None would mean the default 8787, taken by a second cluster.

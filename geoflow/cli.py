@@ -661,12 +661,36 @@ def bench_cmd(
                                  "local disk and to a local S3 server (moto), km^2/s each."),
     cluster: bool = typer.Option(False, "--cluster", help="Instead: a notebook's first and "
                                  "second call, and a dask-scheduler cluster vs LocalCluster."),
+    device: str | None = typer.Option(None, "--device", help="Instead: check a device (cuda, "
+                                      "or cpu, its twin): the student's patches/s per batch "
+                                      "size and the demo region on one device worker."),
+    batch_sizes: str | None = typer.Option(None, "--batch-sizes", help="With --device: "
+                                           "comma-separated (default 256,...,8192 on a GPU)."),
+    read_threads: int | None = typer.Option(None, "--read-threads", help="With --device: "
+                                            "chunks read at once (default cores - 1)."),
+    compile_model: bool | None = typer.Option(None, "--compile/--no-compile", help="With "
+                                              "--device: try torch.compile (default: on GPUs)."),
 ) -> None:
-    """Measure end-to-end and model-only throughput, memory and a plain baseline."""
+    """Measure throughput (end to end, read only, model only), the read path's CPU against
+    stackstac, overhead, memory and a plain baseline; or check a GPU (--device)."""
     from geoflow.bench import run_bench, run_cluster_bench, run_storage_bench
 
+    log = None if as_json else typer.echo
+    if device is not None:
+        from geoflow._device_bench import run_device_bench
+        from geoflow.errors import RequestError
+
+        try:
+            sizes = [int(v) for v in batch_sizes.split(",")] if batch_sizes else None
+        except ValueError:
+            raise RequestError(f"--batch-sizes {batch_sizes!r} is not a list of integers",
+                               hint="pass e.g. --batch-sizes 256,1024,4096") from None
+        result = run_device_bench(device, batch_sizes=sizes, read_threads=read_threads,
+                                  compile=compile_model, model=model, log=log)
+        _print_json(result)
+        return
     run = run_storage_bench if storage else run_cluster_bench if cluster else run_bench
-    result = run(n_workers=workers, model=model, log=None if as_json else typer.echo)
+    result = run(n_workers=workers, model=model, log=log)
     if as_json:
         _print_json(result)
         return

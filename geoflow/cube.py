@@ -283,9 +283,8 @@ def _read_aligned(href: str, tf: tuple[float, ...], src_shape: tuple[int, int],
     # GDAL leaves an output pixel empty when its centre falls outside the source raster.
     inside_x = (sx >= 0) & (sx < nx)
     inside_y = (sy >= 0) & (sy < ny)
-    out = np.full((h, w), fill, dtype=dtype)
     if not inside_x.any() or not inside_y.any():
-        return out[None, None]
+        return np.full((1, 1, h, w), fill, dtype=dtype)
     if bilinear:
         tx, ty = sx - 0.5, sy - 0.5
         ix0, iy0 = np.floor(tx).astype(np.int64), np.floor(ty).astype(np.int64)
@@ -318,12 +317,14 @@ def _read_aligned(href: str, tf: tuple[float, ...], src_shape: tuple[int, int],
                      or ri[0] != 0 or ci[0] != 0)
         sel = data if whole else _take_axis(_take_axis(data, ri, 0, k), ci, 1, k)
         if clean:
-            out[...] = sel
-        else:
-            ok = (inside_y[:, None] & inside_x[None, :]
-                  & (valid if whole else valid[np.ix_(ri, ci)]))
-            # copyto, not boolean indexing: no gathered temporaries.
-            np.copyto(out, sel, where=ok, casting="unsafe")
+            # Every pixel is set: the read (or its upsampled copy) itself, cast if need be;
+            # no filled block to copy it into.
+            return sel.astype(dtype, copy=False)[None, None]
+        out = np.full((h, w), fill, dtype=dtype)
+        ok = (inside_y[:, None] & inside_x[None, :]
+              & (valid if whole else valid[np.ix_(ri, ci)]))
+        # copyto, not boolean indexing: no gathered temporaries.
+        np.copyto(out, sel, where=ok, casting="unsafe")
         return out[None, None]
     # Bilinear, separably: rows first, then columns, for the weighted values and the weights
     # of valid pixels; neighbours outside the raster weigh 0. Integer DNs of up to 16 bits
@@ -344,14 +345,16 @@ def _read_aligned(href: str, tf: tuple[float, ...], src_shape: tuple[int, int],
     padded = np.zeros((hh, ww), dtype=work)
     padded[1:-1, 1:-1] = data
     edge = any(((i == 0) | (i == n - 1)).any() for i, n in ((r0, hh), (r1, hh), (c0, ww), (c1, ww)))
-    sub = out[ya:yb, xa:xb]
-    if work is np.float32 and not edge and all_valid:
+    if work is np.float32 and not edge and all_valid and (yb - ya, xb - xa) == (h, w):
         # Every neighbour is valid and inside, so every weight sum is exactly 1 and the value
-        # is the weighted sum itself (exact in float32, see above), rounded half up.
+        # is the weighted sum itself (exact in float32, see above), rounded half up. (A block
+        # reaching past the raster always has taps in the padding, so it is never here.)
         num = _interp_axis(_interp_axis(padded, r0, rw0, r1, rw1, 0, k), c0, cw0, c1, cw1, 1, k)
-        np.floor(num + work(0.5), out=num)
-        sub[...] = num
-        return out[None, None]
+        num += work(0.5)
+        np.floor(num, out=num)
+        return num.astype(dtype, copy=False)[None, None]  # the result itself: no copy
+    out = np.full((h, w), fill, dtype=dtype)
+    sub = out[ya:yb, xa:xb]
     padded[1:-1, 1:-1][~valid] = 0
     weight = np.zeros((hh, ww), dtype=work)
     weight[1:-1, 1:-1] = valid
@@ -503,16 +506,25 @@ def close_datasets() -> None:
 
 
 def _finish(raw: np.ndarray, kind: str, offset: float) -> np.ndarray:
-    """One item's block as the cube holds it, with the same float32 arithmetic as xarray's."""
+    """One item's block as the cube holds it, with the same float32 arithmetic as xarray's.
+
+    Works in place on ``raw`` (a float32 block of :func:`_read_aligned`'s, owned by the
+    caller): the same element-wise float32 operations as ``(raw + offset) / 10000`` and
+    ``10 * log10(raw)``, without their temporaries.
+    """
     if kind == "reflectance":  # DN -> (DN + offset) / 10000; DN 0 (no data) -> NaN
-        val = (raw + np.float32(offset)) / np.float32(S2_SCALE)
-        val[raw == 0] = np.nan
-        return val
+        nodata = raw == 0
+        raw += np.float32(offset)
+        raw /= np.float32(S2_SCALE)
+        raw[nodata] = np.nan
+        return raw
     if kind == "db":  # linear gamma0 -> dB; <= 0 (no dB value) -> NaN
-        valid = raw > 0
-        val = np.float32(10.0) * np.log10(np.where(valid, raw, np.float32(1.0)))
-        val[~valid] = np.nan
-        return val
+        invalid = ~(raw > 0)
+        raw[invalid] = np.float32(1.0)  # log10(1) = 0: nothing warns
+        np.log10(raw, out=raw)
+        raw *= np.float32(10.0)
+        raw[invalid] = np.nan
+        return raw
     return raw  # SCL codes as they are
 
 
@@ -538,7 +550,9 @@ def _read_group(reads: list[list[_Read | None]], offsets: list[float],
     """
     raw_dtype, fill, nodata = _KINDS[kind]
     _, _, _, h, w = block
-    out = np.full((len(reads[0]), h, w), nodata, dtype=raw_dtype)
+    # Not filled: a layer's first read sets every pixel, and a layer no item reaches is
+    # filled with no-data at the end.
+    out = np.empty((len(reads[0]), h, w), dtype=raw_dtype)
     written = [False] * len(out)  # an unwritten layer is all no-data: no mask needed
     for row, offset in zip(reads, offsets, strict=True):
         for b, (layer, spec) in enumerate(zip(out, row, strict=True)):
@@ -552,6 +566,9 @@ def _read_group(reads: list[list[_Read | None]], offsets: list[float],
             raw = _read_aligned(*spec, block, bilinear, raw_dtype, fill)[0, 0]
             np.copyto(layer, _finish(raw, kind, offset), where=True if todo is None else todo)
             written[b] = True
+    for layer, done in zip(out, written, strict=True):
+        if not done:
+            layer.fill(nodata)
     return out[0] if squeeze else out
 
 

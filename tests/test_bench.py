@@ -44,3 +44,65 @@ def test_sub_bbox_is_centred_with_scaled_sides():
 
     w, s, e, n = _sub_bbox((10.0, 50.0, 11.0, 50.4), 0.5)
     assert (w, s, e, n) == pytest.approx((10.25, 50.1, 10.75, 50.3))
+
+
+def test_cpu_meter_counts_cpu_work_of_the_processes_not_waiting():
+    import psutil
+
+    from geoflow.bench import CpuMeter
+
+    me = [psutil.Process()]
+    with CpuMeter(me) as idle:
+        time.sleep(0.3)
+    with CpuMeter(me) as busy:
+        t0 = time.process_time()
+        while time.process_time() - t0 < 0.3:
+            pass
+    assert idle.seconds < 0.1
+    assert busy.seconds >= 0.25
+
+
+def test_cpu_meter_counts_a_listed_child_process():
+    """CPU of worker processes counts too: a run's CPU is its client's and its workers'."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from geoflow.bench import CpuMeter
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                               "while time.process_time() - t < 0.4: pass\ntime.sleep(30)"])
+    try:
+        proc = psutil.Process(child.pid)
+        with CpuMeter([proc]) as cpu:
+            while proc.cpu_times().user + proc.cpu_times().system < 0.4:
+                time.sleep(0.05)
+        assert cpu.seconds >= 0.3
+    finally:
+        child.kill()
+        child.wait()
+
+
+@pytest.mark.slow
+def test_compare_readers_reads_the_same_region_with_each_reader(stac_url, small_archive):
+    """geoflow, stackstac (and odc-stac where installed) read the small archive's demo
+    region on this thread; the figures are CPU seconds and their ratios."""
+    import importlib.util
+    import json
+
+    from geoflow.bench import compare_readers
+    from geoflow.model import DEFAULT_CHECKPOINT
+
+    info = json.loads((small_archive / "archive.json").read_text())
+    out = compare_readers(info["demo_bbox"], info["datetime"], stac_url,
+                          str(DEFAULT_CHECKPOINT), rounds=1)
+    assert out["geoflow_cpu_s"] > 0 and out["stackstac_cpu_s"] > 0
+    assert out["stackstac_cpu_ratio"] == pytest.approx(
+        out["geoflow_cpu_s"] / out["stackstac_cpu_s"], rel=0.02)
+    assert out["read_mpix_per_cpu_s"] > 0 and out["stackstac_mpix_per_cpu_s"] > 0
+    if importlib.util.find_spec("odc") and importlib.util.find_spec("odc.stac"):
+        assert out["odc_stac_cpu_ratio"] == pytest.approx(
+            out["geoflow_cpu_s"] / out["odc_stac_cpu_s"], rel=0.02)
+    else:
+        assert out["odc_stac_cpu_ratio"] is None

@@ -621,3 +621,44 @@ def test_an_item_under_a_filled_block_is_not_read(
     assert cube.s2_ids.item() == "A_d2,B_d2"
     assert np.isfinite(cube.reflectance.values).all()
     assert any("/A_d2/" in h for h in read) and not any("/B_d2/" in h for h in read)
+
+
+def test_finish_in_place_equals_the_cube_arithmetic_bit_for_bit() -> None:
+    """_finish works in place on its block; the values are exactly xarray's float32
+    ``(DN + offset) / 10000`` and ``10 * log10(linear)`` with their masks (NaN fill kept)."""
+    import xarray as xr
+
+    rng = np.random.default_rng(3)
+    dn = rng.integers(0, 12_000, 5_000).astype("float32")
+    dn[::7] = 0
+    dn[::11] = np.nan  # fill of pixels outside the raster
+    want = ((xr.DataArray(dn) + np.float32(-1000.0)) / np.float32(10_000.0)).where(dn != 0)
+    raw = dn.copy()
+    got = _finish(raw, "reflectance", -1000.0)
+    assert got is raw and got.dtype == np.float32
+    np.testing.assert_array_equal(got, want.astype("float32").values)
+    lin = rng.uniform(-0.01, 0.5, 5_000).astype("float32")
+    lin[::13] = np.nan
+    lin[::17] = -32768.0
+    with np.errstate(invalid="ignore", divide="ignore"):
+        want_db = np.where(lin > 0, np.float32(10.0) * np.log10(lin), np.float32(np.nan))
+    np.testing.assert_array_equal(_finish(lin.copy(), "db", 0.0), want_db.astype("float32"))
+
+
+def test_a_block_the_asset_does_not_cover_is_fill_without_a_read(
+        tiny: SimpleNamespace, monkeypatch: pytest.MonkeyPatch) -> None:
+    import geoflow.cube as cube_mod
+
+    item = tiny.scenes.s2[0]
+    asset = item["assets"]["B05"]
+    tf = tuple(float(v) for v in asset["proj:transform"][:6])
+    shape = (int(asset["proj:shape"][0]), int(asset["proj:shape"][1]))
+    monkeypatch.setattr(cube_mod, "_read_window", lambda *a: pytest.fail("read"))
+    # A block east of the raster: no pixel centre falls inside it.
+    east = tf[2] + shape[1] * tf[0] + 100.0
+    block = (east, tf[5], 10.0, 4, 6)
+    for bilinear, dtype, fill in ((True, "float32", np.float32(np.nan)),
+                                  (False, "uint8", np.uint8(0))):
+        got = cube_mod._read_aligned(asset["href"], tf, shape, block, bilinear, dtype, fill)
+        assert got.shape == (1, 1, 4, 6) and got.dtype == np.dtype(dtype)
+        np.testing.assert_array_equal(got, np.full((1, 1, 4, 6), fill, dtype=dtype))

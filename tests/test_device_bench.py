@@ -1,0 +1,159 @@
+"""GPU readiness (geoflow._device_bench, deploy/gpu/check.sh), through their CPU twins.
+
+No GPU can be had on these machines: every test runs the code path a GPU node runs, on the
+CPU (same functions, device "cpu"); the one fake is a stand-in for nvidia-smi's output.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CHECK = ROOT / "deploy" / "gpu" / "check.sh"
+
+
+@pytest.mark.slow
+def test_model_throughput_compiles_and_compares_with_plain_bf16():
+    """torch.compile's variant with the eager backend (the code path a GPU runs with
+    inductor, without a compiler here) next to plain bf16; "helps" is their ratio. The
+    other variants run in the check script's test."""
+    from geoflow._device_bench import model_throughput
+    from geoflow.model import load
+
+    out = model_throughput(load(device="cpu"), [4], variants=["bf16", "bf16+compile"],
+                           compile_backend="eager", min_seconds=0.02)
+    assert out["errors"] == {}
+    rates = out["patches_per_s"]
+    assert set(rates) == {"bf16", "bf16+compile"} and min(rates["bf16+compile"].values()) > 0
+    assert out["helps"] == {"bf16+compile": pytest.approx(
+        rates["bf16+compile"]["4"] / rates["bf16"]["4"], rel=0.01)}
+    best = out["best"]
+    assert best["patches_per_s"] == max(r["4"] for r in rates.values())
+    assert rates[best["variant"]]["4"] == best["patches_per_s"] and best["batch_size"] == 4
+
+
+def test_model_throughput_records_a_failing_variant_and_refuses_bad_sizes():
+    from geoflow._device_bench import model_throughput
+    from geoflow.errors import GeoflowError
+    from geoflow.model import load
+
+    model = load(device="cpu")
+    out = model_throughput(model, [4], variants=["fp32", "bf16+compile"],
+                           compile_backend="no-such-backend", min_seconds=0.01)
+    assert set(out["patches_per_s"]) == {"fp32"}
+    assert "no-such-backend" in out["errors"]["bf16+compile"]
+    with pytest.raises(GeoflowError, match="batch sizes"):
+        model_throughput(model, [0, 4])
+
+
+def test_device_busy_reads_nvidia_smi_samples(tmp_path):
+    """The nvidia-smi fallback of the GPU busy fraction, fed by a stand-in script that prints
+    what `nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms=N`
+    prints (the one fake: there is no GPU here). torch builds a cuda device object without
+    a GPU; pynvml, if installed, fails to initialise here and the fallback runs."""
+    import time
+
+    from geoflow._device_bench import DeviceBusy
+
+    fake = tmp_path / "fake-smi"
+    fake.write_text(f"#!{sys.executable}\nimport sys, time\n"
+                    "assert '--query-gpu=utilization.gpu' in sys.argv\n"
+                    "print('40', flush=True)\nprint('[N/A]', flush=True)\n"
+                    "print('80', flush=True)\ntime.sleep(60)\n")
+    fake.chmod(0o755)
+    with DeviceBusy("cuda", smi=[str(fake)]) as busy:
+        deadline = time.monotonic() + 20
+        while len(busy.samples) < 2 and time.monotonic() < deadline:
+            time.sleep(0.05)
+    assert busy.source == "nvidia-smi"
+    assert busy.fraction == pytest.approx(0.6)
+
+
+def test_device_info_refuses_cuda_without_a_usable_gpu():
+    import torch
+
+    from geoflow._device_bench import device_info
+    from geoflow.errors import GeoflowError
+
+    if torch.cuda.is_available():  # pragma: no cover - a GPU machine
+        assert device_info("cuda")["gpu"]
+        return
+    with pytest.raises(GeoflowError, match="cannot use CUDA") as err:
+        device_info("cuda")
+    assert "CUDA build of torch" in (err.value.hint or "")
+
+
+def test_check_script_is_valid_bash_and_stops_without_cuda():
+    import shutil
+
+    import torch
+
+    subprocess.run(["bash", "-n", str(CHECK)], check=True)
+    if shutil.which("shellcheck"):
+        subprocess.run(["shellcheck", str(CHECK)], check=True)
+    if torch.cuda.is_available():  # pragma: no cover - a GPU machine
+        return
+    proc = subprocess.run([str(CHECK), "--device", "cuda"], capture_output=True, text=True,
+                          env={**os.environ, "PYTHON": sys.executable}, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert "no usable CUDA" in proc.stderr
+    assert proc.stdout == ""
+
+
+@pytest.mark.slow
+def test_check_script_cpu_twin_runs_the_whole_check(small_archive, stac_server, tmp_path):
+    """deploy/gpu/check.sh --device cpu: the model table and the region end to end on one
+    worker with two reader threads, on the small archive (served by the session's server)."""
+    out = tmp_path / "check.json"
+    env = {**os.environ, "PYTHON": sys.executable, "GEOFLOW_ARCHIVE": str(small_archive)}
+    proc = subprocess.run([str(CHECK), "--device", "cpu", "--batch-sizes", "16",
+                           "--read-threads", "2", "--no-compile", "--out", str(out)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    figures = json.loads(out.read_text())
+    assert json.loads(proc.stdout) == figures
+    assert figures["device"] == "cpu" and figures["cuda_available"] is False
+    assert set(figures["model"]["patches_per_s"]) == {"fp32", "bf16", "bf16+channels_last"}
+    assert all(set(r) == {"16"} for r in figures["model"]["patches_per_s"].values())
+    assert figures["model"]["best"]["batch_size"] == 16
+    assert figures["predict_patches_per_s"] > 0
+    region = figures["region"]
+    assert region["read_threads"] == 2 and region["batch_size"] == 16
+    assert region["gpu_busy_fraction"] is None and region["gpu_busy_source"] == "cpu"
+    assert region["e2e_km2_per_s"] == pytest.approx(region["km2"] / region["e2e_seconds"],
+                                                    rel=0.01)
+    split = region["time_split"]
+    assert split["chunks"] >= 1
+    assert split["read_s"] > 0 and split["infer_s"] > 0
+    assert split["chunk_s"] == pytest.approx(split["read_s"] + split["infer_s"]
+                                             + split["write_s"], abs=0.05)
+
+
+def test_the_gpu_worker_cluster_runs_as_many_chunks_as_reader_threads():
+    """What --device cuda starts (one worker, N threads, N GPU slots), started here on the
+    CPU: geoflow then submits chunk tasks with resources={"GPU": 1}, N at a time."""
+    from geoflow._cluster import (
+        close_local_cluster,
+        gdal_settings,
+        has_gpu_workers,
+        new_local_cluster,
+    )
+    from geoflow._device_bench import _device_cluster
+
+    with _device_cluster("cuda", 3) as client:
+        [worker] = client.scheduler_info()["workers"].values()
+        assert worker["nthreads"] == 3 and worker["resources"] == {"GPU": 3.0}
+        assert has_gpu_workers(client)
+        assert client.submit(sum, [1, 2], resources={"GPU": 1}).result(timeout=60) == 3
+    cluster, client = new_local_cluster(1, gdal_settings())
+    try:  # the default stays one thread and no resources
+        [worker] = client.scheduler_info()["workers"].values()
+        assert worker["nthreads"] == 1 and not worker.get("resources")
+    finally:
+        close_local_cluster(cluster, client)
