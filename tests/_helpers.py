@@ -55,3 +55,14 @@ def kill_midway(cmd: list[str], done_count: Callable[[], int], *, k: int = 2,
     finally:
         proc.wait(timeout=30)
     return proc.returncode
+
+
+def centre_quarter(archive: Path) -> tuple[tuple[float, float, float, float], str]:
+    """A part of an archive's demo region (the centre of its bbox, ~1/4 of it) and its dates."""
+    import json
+
+    info = json.loads((archive / "archive.json").read_text())
+    w, s, e, n = info["demo_bbox"]
+    cx, cy = (w + e) / 2, (s + n) / 2
+    hx, hy = (e - w) / 4, (n - s) / 4
+    return (cx - hx, cy - hy, cx + hx, cy + hy), info["datetime"]

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from _helpers import centre_quarter
 
 from geoflow import signing
 from geoflow.catalog import CatalogSettings, scenes_from_items, search_scenes
@@ -26,14 +27,6 @@ from geoflow.retry import RetryPolicy
 MAP_VARS = ("class", "confidence", "sar_weight", "cloud_fraction", "summary_class",
             "summary_confidence")
 FAST = RetryPolicy(attempts=2, backoff_s=0.1)
-
-
-def _region(archive: Path) -> tuple[tuple[float, ...], str]:
-    info = json.loads((archive / "archive.json").read_text())
-    w, s, e, n = info["demo_bbox"]
-    cx, cy = (w + e) / 2, (s + n) / 2
-    hx, hy = (e - w) / 4, (n - s) / 4
-    return (cx - hx, cy - hy, cx + hx, cy + hy), info["datetime"]
 
 
 def _items(archive: Path, base: str) -> list[dict[str, Any]]:
@@ -55,7 +48,7 @@ def _same(a: Any, b: Any) -> None:
 
 @pytest.fixture(scope="module")
 def region(small_archive: Path) -> tuple[tuple[float, ...], str]:
-    return _region(Path(small_archive))
+    return centre_quarter(Path(small_archive))
 
 
 @pytest.fixture(scope="module")

@@ -21,7 +21,7 @@ import pytest
 import rioxarray  # noqa: F401  (registers .rio)
 import xarray as xr
 from _faulty_proxy import FaultyProxy
-from _helpers import kill_midway
+from _helpers import centre_quarter, kill_midway
 
 from geoflow.retry import RetryPolicy
 
@@ -34,15 +34,6 @@ LEDGER = "_geoflow_ledger"
 
 
 # --------------------------------------------------------------------------- helpers
-def _region(archive: Path) -> tuple[tuple[float, ...], str]:
-    """A part of the small archive: the centre of its demo bbox, ~1/4 of it."""
-    info = json.loads((archive / "archive.json").read_text())
-    w, s, e, n = info["demo_bbox"]
-    cx, cy = (w + e) / 2, (s + n) / 2
-    hx, hy = (e - w) / 4, (n - s) / 4
-    return (cx - hx, cy - hy, cx + hx, cy + hy), info["datetime"]
-
-
 def _store_files(path: Path) -> dict[str, bytes]:
     """Every file of a store except the ledger (which records timings), by relative path."""
     out = {}
@@ -118,7 +109,7 @@ def model_path(models) -> str:
 
 @pytest.fixture(scope="module")
 def region(small_archive):
-    return _region(Path(small_archive))
+    return centre_quarter(Path(small_archive))
 
 
 @pytest.fixture(scope="module")
