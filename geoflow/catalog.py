@@ -48,7 +48,14 @@ from geoflow.errors import (
     UnknownCollectionError,
     strip_secrets,
 )
-from geoflow.profiles import Profile, get_profile, guess_profile, normalize_item, sensor_of
+from geoflow.profiles import (
+    Profile,
+    get_profile,
+    guess_profile,
+    missing_polarisations,
+    normalize_item,
+    sensor_of,
+)
 from geoflow.request import Request
 from geoflow.retry import Clock, RetryPolicy
 from geoflow.signing import HrefSigner, resolve_signer
@@ -491,7 +498,18 @@ def _search(client: Any, call: _Call, collection: str, request: Request,
 
 def _normalize(items: list[dict[str, Any]], sensor: str, settings: CatalogSettings
                ) -> list[dict[str, Any]]:
-    return [normalize_item(item, sensor, settings.profile) for item in items]
+    return [normalize_item(item, sensor, settings.profile) for item in items
+            if sensor != "s1" or _dual_pol(item, settings.profile)]
+
+
+def _dual_pol(item: Mapping[str, Any], profile: Profile) -> bool:
+    """Whether a Sentinel-1 item holds both polarisations the model reads; one that does not
+    (VV-only or HH/HV scenes) is left out with a log line instead of failing the search."""
+    missing = missing_polarisations(item, profile)
+    if missing:
+        log.info("Sentinel-1 item %r left out: it has no %s asset (the model reads VV and VH)",
+                 item.get("id"), " or ".join(missing))
+    return not missing
 
 
 def _signers(*settings: CatalogSettings | None) -> tuple[HrefSigner, ...]:
@@ -727,6 +745,8 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
         if request is not None and not _in_request(item, request):
             continue
         prof = get_profile(profile) if profile is not None else _item_profile(item)
+        if sensor == "s1" and not _dual_pol(item, prof):
+            continue
         if prof not in profiles:
             profiles.append(prof)
         found[sensor].append(normalize_item(item, sensor, prof))

@@ -229,15 +229,6 @@ def item_offset(item: Mapping[str, Any]) -> float:
     return s2_offset(props.get("s2:processing_baseline"))
 
 
-_SAS_KEYS = re.compile(r"(^|&)(st|se|sp|sv|sr|sig|skoid|sktid|skt|ske|sks|skv|spr)=")
-
-
-def _unsigned(href: str) -> str:
-    """An href without a SAS signature (a pre-signed item is signed afresh on the workers)."""
-    base, _, query = href.partition("?")
-    return base if query and _SAS_KEYS.search(query) else href
-
-
 def sensor_of(item: Mapping[str, Any]) -> str | None:
     """``"s2"``, ``"s1"`` or None, from an item's collection, ``platform`` or
     ``constellation``.
@@ -258,13 +249,64 @@ def sensor_of(item: Mapping[str, Any]) -> str | None:
     return None
 
 
+def _is_grd(item_id: Any, collection: Any, props: Mapping[str, Any]) -> bool:
+    """Whether a Sentinel-1 item is GRD in radar geometry rather than RTC.
+
+    The collection decides (``*-rtc`` accepted, ``*-grd`` refused): Planetary Computer's
+    ``sentinel-1-rtc`` items carry ``sar:product_type: "GRD"`` too (the RTC is made from GRD;
+    their ids end ``_rtc``), so the product type is read only when neither the collection nor
+    the id says which it is.
+    """
+    name = re.sub(r"[\s_]+", "-", str(collection or "").lower())
+    if re.search(r"(^|-)rtc($|-)", name):
+        return False
+    if re.search(r"(^|-)grd($|-)", name):
+        return True
+    if str(item_id or "").lower().endswith("_rtc"):
+        return False
+    return str(props.get("sar:product_type") or "").upper() == "GRD"
+
+
+def _refuse_s1(item: Mapping[str, Any], profile: Profile) -> None:
+    """Raise the clear refusal for a GRD item or a profile without usable Sentinel-1."""
+    item_id = item.get("id")
+    if _is_grd(item_id, item.get("collection"), item.get("properties") or {}):
+        raise CatalogError(f"Sentinel-1 item {item_id!r} is GRD (ground range, radar "
+                           "geometry), not terrain-corrected RTC", hint=_hint_s1())
+    if profile.s1_refusal:
+        raise CatalogError(profile.s1_refusal, hint=_hint_s1())
+
+
+def missing_polarisations(item: Mapping[str, Any], profile: Profile) -> list[str]:
+    """The canonical polarisations (``"vv"``, ``"vh"``) a Sentinel-1 item lacks.
+
+    Planetary Computer's ``sentinel-1-rtc`` holds VV-only and HH/HV scenes too; a search drops
+    them (with a log line) rather than failing on them. A GRD item, or one from a profile
+    without usable Sentinel-1, is refused here already (:class:`CatalogError`), so it is never
+    dropped silently.
+
+    Examples
+    --------
+    >>> missing_polarisations({"assets": {"vv": {}}, "properties": {}}, PROFILES["generic"])
+    ['vh']
+    """
+    _refuse_s1(item, profile)
+    if (item.get("properties") or {}).get(PROFILE_PROPERTY):
+        keys: Mapping[str, str] = _CANONICAL_S1
+    else:
+        keys = profile.s1_assets
+    assets = item.get("assets") or {}
+    return [canon for canon, key in keys.items() if key not in assets]
+
+
 def normalize_item(item: Mapping[str, Any], sensor: str, profile: Profile) -> dict[str, Any]:
     """A provider's item as geoflow's canonical item (a new dict; ``item`` is not changed).
 
     Asset keys become ``B02`` .. ``B12`` and ``SCL`` (Sentinel-2) or ``vv``/``vh``
     (Sentinel-1); ``proj:epsg`` is set from ``proj:code`` where needed; a Sentinel-2 item gets
-    its DN offset in ``geoflow:offset`` (:func:`item_offset`); SAS signatures are dropped from
-    hrefs (signing happens on the workers, just before a read).
+    its DN offset in ``geoflow:offset`` (:func:`item_offset`). Hrefs are kept as given: the
+    workers' signer replaces a signature it owns just before a read, and an href no signer
+    owns keeps the one it carries.
 
     Raises
     ------
@@ -289,12 +331,7 @@ def normalize_item(item: Mapping[str, Any], sensor: str, profile: Profile) -> di
     props = dict(out.get("properties") or {})
     item_id = out.get("id")
     if sensor == "s1":
-        ptype = str(props.get("sar:product_type") or "").upper()
-        if ptype == "GRD" or str(out.get("collection") or "").endswith("-grd"):
-            raise CatalogError(f"Sentinel-1 item {item_id!r} is GRD (ground range, radar "
-                               "geometry), not terrain-corrected RTC", hint=_hint_s1())
-        if profile.s1_refusal:
-            raise CatalogError(profile.s1_refusal, hint=_hint_s1())
+        _refuse_s1(out, profile)
     if props.get("proj:epsg") is None:
         # stackstac reads only proj:epsg; STAC 1.1 items (pystac >= 1.12) carry proj:code.
         code = props.get("proj:code")
@@ -315,8 +352,9 @@ def normalize_item(item: Mapping[str, Any], sensor: str, profile: Profile) -> di
                         hint="pick the profile of the catalog the item came from "
                              "(--profile / profile=), or map its asset keys with "
                              "Profile.with_assets")
-    canon_assets = {canon: {**assets[key], "href": _unsigned(str(assets[key]["href"]))}
-                    for canon, key in keys.items()}
+    # Hrefs are kept as given: a signer that owns an href replaces its query when it signs
+    # (geoflow.signing), and one no signer owns may need the signature it carries.
+    canon_assets = {canon: dict(assets[key]) for canon, key in keys.items()}
     if sensor == "s2":
         props[OFFSET_PROPERTY] = item_offset({"id": item_id, "properties": props,
                                               "assets": {k: assets[v] for k, v in keys.items()
@@ -339,6 +377,7 @@ __all__ = [
     "get_profile",
     "guess_profile",
     "item_offset",
+    "missing_polarisations",
     "normalize_item",
     "s2_offset",
     "sensor_of",

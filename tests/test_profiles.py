@@ -14,6 +14,7 @@ from geoflow.profiles import (
     get_profile,
     guess_profile,
     item_offset,
+    missing_polarisations,
     normalize_item,
     s2_offset,
     sensor_of,
@@ -44,6 +45,45 @@ def test_planetary_computer_item_parses_as_published() -> None:
     assert scenes.summary()[0]["cloud_cover"] == pytest.approx(0.314306)
     # The workers sign its blob hrefs with Planetary Computer's signer.
     assert [type(s).__name__ for s in scenes.signers] == ["PlanetaryComputerSigner"]
+
+
+def test_planetary_computer_sentinel1_rtc_item_is_accepted_as_published() -> None:
+    raw = _load("planetary-computer-s1-rtc.json")
+    # As published: the RTC item says sar:product_type GRD (it is made from GRD); its
+    # collection (sentinel-1-rtc) says it is terrain corrected.
+    assert raw["properties"]["sar:product_type"] == "GRD"
+    assert sensor_of(raw) == "s1"
+    item = normalize_item(raw, "s1", PROFILES["planetary-computer"])
+    assert set(item["assets"]) == {"vv", "vh"}
+    assert item["assets"]["vv"]["href"] == raw["assets"]["vv"]["href"]
+    assert item["assets"]["vv"]["href"].endswith("/measurement/iw-vv.rtc.tiff")
+    assert item["assets"]["vh"]["href"].endswith("/measurement/iw-vh.rtc.tiff")
+    assert item["properties"]["proj:epsg"] == 32633
+    assert item["properties"]["geoflow:profile"] == "planetary-computer"
+    # Brought in as items beside a Sentinel-2 one: profile and signer from its links.
+    s2 = _load("planetary-computer-s2-l2a.json")
+    scenes = scenes_from_items([s2, raw])
+    assert scenes.ids["S1"] == [raw["id"]]
+    assert [type(s).__name__ for s in scenes.signers] == ["PlanetaryComputerSigner"]
+    # Without its collection, the product type (GRD) is all there is: refused.
+    bare = {k: v for k, v in raw.items() if k != "collection"}
+    bare["id"] = "S1A_IW_GRDH_1SDV_20240419T045904"
+    with pytest.raises(CatalogError, match="radar geometry"):
+        normalize_item(bare, "s1", PROFILES["generic"])
+
+
+def test_sentinel1_items_without_both_polarisations_are_left_out(
+        caplog: pytest.LogCaptureFixture) -> None:
+    raw = _load("planetary-computer-s1-rtc.json")
+    vv_only = json.loads(json.dumps(raw))
+    vv_only["id"] = raw["id"].replace("1SDV", "1SSV")
+    del vv_only["assets"]["vh"]
+    assert missing_polarisations(vv_only, PROFILES["planetary-computer"]) == ["vh"]
+    with caplog.at_level("INFO", logger="geoflow.catalog"):
+        scenes = scenes_from_items([_load("planetary-computer-s2-l2a.json"), raw, vv_only])
+    assert scenes.ids["S1"] == [raw["id"]]
+    assert any(vv_only["id"] in r.getMessage() and "vh" in r.getMessage()
+               for r in caplog.records)
 
 
 # Earth Search v1 asset keys -> geoflow's canonical bands; its COG files are named canonically.
@@ -127,6 +167,11 @@ def test_earth_search_old_baseline_item_is_read_without_an_offset() -> None:
     ({"s2:processing_baseline": "02.12"}, {"raster:bands": [{"scale": 0.0001, "offset": 0}]},
      0.0),
     ({"geoflow:offset": -1000.0, "earthsearch:boa_offset_applied": True}, {}, -1000.0),
+    # raster:bands wins where it and the baseline disagree.
+    ({"s2:processing_baseline": "03.01"}, {"raster:bands": [{"scale": 0.0001, "offset": -0.1}]},
+     -1000.0),
+    ({"s2:processing_baseline": "05.09"}, {"raster:bands": [{"scale": 0.0001, "offset": 0}]},
+     0.0),
 ])
 def test_offset_rules(props: dict, band: dict, offset: float) -> None:
     assert item_offset({"id": "x", "properties": props, "assets": {"B04": band}}) == offset
@@ -156,6 +201,16 @@ def test_sentinel1_grd_and_unknown_items_are_refused() -> None:
                                      "proj:epsg": 32632}, "assets": {}}
     with pytest.raises(CatalogError, match="radar geometry"):
         normalize_item(grd, "s1", PROFILES["generic"])
+    es_grd = {"id": "S1A_IW_GRDH_1SDV_20230101T000000", "collection": "sentinel-1-grd",
+              "links": [{"rel": "self", "href": "https://earth-search.aws.element84.com/v1/"
+                         "collections/sentinel-1-grd/items/S1A_IW_GRDH_1SDV_20230101T000000"}],
+              "properties": {"sar:product_type": "GRD", "proj:epsg": 32632},
+              "assets": {"vv": {"href": "s3://sentinel-s1-l1c/vv.tiff"},
+                         "vh": {"href": "s3://sentinel-s1-l1c/vh.tiff"}}}
+    s2 = _load("earth-search-s2-l2a.json")
+    with pytest.raises(CatalogError, match="radar geometry") as err:
+        scenes_from_items([s2, es_grd])
+    assert "planetarycomputer" in err.value.hint and "--s1-catalog" in err.value.hint
     with pytest.raises(CatalogError, match="neither Sentinel-2 nor Sentinel-1"):
         scenes_from_items([{"id": "l8", "collection": "landsat-c2-l2", "properties": {},
                             "assets": {}}])
