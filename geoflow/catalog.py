@@ -107,7 +107,7 @@ class CatalogSettings:
     url: str = ""
     s2_collection: str | None = "sentinel-2-l2a"
     s1_collection: str | None = "sentinel-1-rtc"
-    signer: Any = None
+    signer: Signer = None
     headers: dict[str, str] = field(default_factory=dict, hash=False, compare=False)
     profile: Any = field(default=None, hash=False, compare=False)
     client: Any = field(default=None, hash=False, compare=False, repr=False)
@@ -149,7 +149,8 @@ class CatalogSettings:
         # Without credentials (user:password@, tokens) or headers (API keys): reprs get logged.
         return (f"CatalogSettings({strip_secrets(self.url)!r}, profile={self.profile_name!r}, "
                 f"s2_collection={self.s2_collection!r}, s1_collection={self.s1_collection!r}, "
-                f"signer={self.signer!r}{', client=...' if self.client is not None else ''})")
+                f"signer={_signer_name(self.signer)}"
+                f"{', client=...' if self.client is not None else ''})")
 
     @property
     def profile_name(self) -> str:
@@ -195,6 +196,14 @@ class CatalogSettings:
                            f"{type(value).__name__}",
                            hint="pass the STAC API URL, or {'s2': ..., 's1': ...} for one "
                                 "catalog per sensor")
+
+
+def _signer_name(signer: Any) -> str:
+    """A signer for a repr: its name, or its type's (its fields may hold a token endpoint
+    with credentials)."""
+    if signer is None or isinstance(signer, str):
+        return repr(signer)
+    return type(signer).__name__
 
 
 def split_catalogs(catalog: Any, profile: str | Profile | None = None
@@ -270,7 +279,13 @@ class SceneSet:
     request: Request | None = None
     settings: CatalogSettings | None = None
     s1_settings: CatalogSettings | None = None
-    signers: tuple[HrefSigner, ...] = ()
+    #: Out of the generated repr: a signer's fields may hold credentials (see __repr__).
+    signers: tuple[HrefSigner, ...] = field(default=(), repr=False)
+
+    def __repr__(self) -> str:
+        return (f"SceneSet(s2={len(self.s2)} items, s1={len(self.s1)} items, "
+                f"settings={self.settings!r}, s1_settings={self.s1_settings!r}, "
+                f"signers=({', '.join(_signer_name(s) for s in self.signers)}))")
 
     def __len__(self) -> int:
         return len(self.s2) + len(self.s1)

@@ -30,7 +30,7 @@ import contextlib
 import threading
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
 from urllib.parse import urlsplit
@@ -146,7 +146,8 @@ class SasTokenSigner(_CachedTokenSigner):
     'http://example.org/x.tif'
     """
 
-    endpoint: str
+    #: Out of the repr: a token URL may carry credentials (user:password@, ?code=).
+    endpoint: str = field(repr=False)
     hosts: tuple[str, ...] = ()
     #: Renew a cached token when less than this many seconds of it are left.
     margin_s: float = 300.0

@@ -277,6 +277,18 @@ def test_signer_errors_do_not_leak_tokens() -> None:
     assert "https://acct.blob.core.windows.net/c/B04.tif" in str(err.value)
 
 
+def test_reprs_do_not_show_a_signer_endpoint() -> None:
+    from geoflow.signing import SasTokenSigner
+
+    signer = SasTokenSigner("https://u:pw@tok.example.com/token?code=SECRET",
+                            hosts=("data.example.com",))
+    settings = CatalogSettings("http://127.0.0.1:9", signer=signer)
+    scenes = SceneSet(s2=[], s1=[], settings=settings, signers=(signer,))
+    for text in (repr(signer), repr(settings), repr(scenes), str(scenes)):
+        assert "SECRET" not in text and "pw" not in text and "tok.example.com" not in text
+    assert "SasTokenSigner" in repr(settings) and "SasTokenSigner" in repr(scenes)
+
+
 def test_strip_secrets_removes_tokens_from_urls() -> None:
     text = "GET https://a.b/c.tif?st=1&sig=XYZ#f and http://127.0.0.1:9/x?token=T failed"
     assert strip_secrets(text) == "GET https://a.b/c.tif and http://127.0.0.1:9/x failed"

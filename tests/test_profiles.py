@@ -72,6 +72,19 @@ def test_planetary_computer_sentinel1_rtc_item_is_accepted_as_published() -> Non
         normalize_item(bare, "s1", PROFILES["generic"])
 
 
+def test_signatures_no_signer_owns_are_kept() -> None:
+    # A pre-signed mirror read with the generic profile: no signer re-signs its hrefs, so
+    # the signature they carry is what lets the read through.
+    raw = _load("planetary-computer-s2-l2a.json")
+    sas = "?st=2024-01-01&se=2030-01-01&sp=rl&sv=2021-06-08&sr=c&sig=abc%3D"
+    for asset in raw["assets"].values():
+        asset["href"] = asset["href"].replace("sentinel2l2a01.blob.core.windows.net",
+                                              "mirror.example.org") + sas
+    scenes = scenes_from_items([raw], profile="generic")
+    assert scenes.signers == ()
+    assert all(a["href"].endswith(sas) for a in scenes.s2[0]["assets"].values())
+
+
 def test_sentinel1_items_without_both_polarisations_are_left_out(
         caplog: pytest.LogCaptureFixture) -> None:
     raw = _load("planetary-computer-s1-rtc.json")
