@@ -175,6 +175,7 @@ class CatalogSettings:
         'http://127.0.0.1:8000'
         """
         if isinstance(value, CatalogSettings):
+            _check_profile_applies(value, profile)
             return value
         from pystac_client import Client
 
@@ -196,6 +197,17 @@ class CatalogSettings:
                            f"{type(value).__name__}",
                            hint="pass the STAC API URL, or {'s2': ..., 's1': ...} for one "
                                 "catalog per sensor")
+
+
+def _check_profile_applies(settings: CatalogSettings, profile: str | Profile | None) -> None:
+    """``profile=`` beside ready-made settings would be ignored: refuse it unless it agrees."""
+    if profile is None or get_profile(profile) == settings.profile:
+        return
+    name = profile if isinstance(profile, str) else profile.name
+    raise CatalogError(f"profile={name!r} does not apply to a ready CatalogSettings (its "
+                       f"profile is {settings.profile_name!r})",
+                       hint=f"set it there: CatalogSettings(url, profile={name!r}), or pass "
+                            "the URL with profile=")
 
 
 def _signer_name(signer: Any) -> str:
@@ -233,6 +245,8 @@ def split_catalogs(catalog: Any, profile: str | Profile | None = None
             if catalog.get(key) is None:
                 continue
             value = catalog[key]
+            if isinstance(value, CatalogSettings) and key == "s2":
+                _check_profile_applies(value, profile)
             out[key] = (value if isinstance(value, CatalogSettings)
                         else CatalogSettings.coerce(value, profile if key == "s2" else None,
                                                     with_s1=key == "s1" or "s1" not in catalog
@@ -728,7 +742,8 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
         signer for its items). Signatures the items carry are dropped and made afresh on the
         workers.
     request
-        If given, items outside its dates or bbox are left out, as a search would (a
+        If given, items outside its dates or bbox, and Sentinel-2 items cloudier
+        (``eo:cloud_cover``) than its ``max_cloud``, are left out, as a search would (a
         Sentinel-2 scene must remain).
 
     Examples
@@ -757,7 +772,7 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
             raise CatalogError(f"item {item.get('id')!r} is neither Sentinel-2 nor Sentinel-1 "
                                "(by collection, constellation or platform)",
                                hint="pass Sentinel-2 L2A and Sentinel-1 RTC items only")
-        if request is not None and not _in_request(item, request):
+        if request is not None and not _in_request(item, request, sensor):
             continue
         prof = get_profile(profile) if profile is not None else _item_profile(item)
         if sensor == "s1" and not _dual_pol(item, prof):
@@ -767,6 +782,8 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
         found[sensor].append(normalize_item(item, sensor, prof))
     if not found["s2"]:
         where = (f" in bbox {list(request.bbox)} and dates {request.datetime}"
+                 + (f" with cloud cover <= {request.max_cloud:g} %"
+                    if request.max_cloud is not None else "")
                  if request is not None else "")
         raise NoScenesError(f"the items hold no Sentinel-2 scene{where}",
                             hint="pass Sentinel-2 L2A items (and Sentinel-1 RTC items) of the "
@@ -782,11 +799,17 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
                     signers=tuple(out))
 
 
-def _in_request(item: Mapping[str, Any], request: Request) -> bool:
-    """Whether an item's time falls in the request's dates and its bbox meets the region."""
+def _in_request(item: Mapping[str, Any], request: Request, sensor: str) -> bool:
+    """Whether an item's time falls in the request's dates, its bbox meets the region and (a
+    Sentinel-2 item with ``eo:cloud_cover``) its cloud cover is within ``max_cloud``, as the
+    search's filter would have it."""
     import pandas as pd
 
     props = item.get("properties") or {}
+    cloud = props.get("eo:cloud_cover")
+    if (sensor == "s2" and request.max_cloud is not None and cloud is not None
+            and float(cloud) > float(request.max_cloud)):
+        return False
     when = props.get("datetime") or props.get("start_datetime")
     if when:
         ts = pd.Timestamp(when)

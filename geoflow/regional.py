@@ -313,11 +313,13 @@ def classify_region(
         afresh on the workers.
     profile
         ``"planetary-computer"``, ``"earth-search"`` or ``"generic"``: overrides the profile
-        guessed for ``catalog`` URLs or for ``items``.
+        guessed for ``catalog`` URLs or for ``items`` (a ready ``CatalogSettings`` with
+        another profile is an error: set it there).
     signer
         For ``items``: how the workers sign their hrefs (``"planetary-computer"`` or a
         :class:`geoflow.signing.HrefSigner`); default the items' profile's. For a catalog,
-        set it in :class:`~geoflow.catalog.CatalogSettings`.
+        set it in :class:`~geoflow.catalog.CatalogSettings` (given with ``catalog=`` it is
+        an error, not ignored).
 
     Returns
     -------
@@ -356,13 +358,18 @@ def classify_region(
     opts = RunOptions.from_user(n_workers=n_workers, stride=stride, chunk_patches=chunk_patches,
                                 batch_size=batch_size, resolution=resolution, crs=crs,
                                 device=device)
+    if items is not None and catalog is not None:
+        raise RequestError("pass catalog= or items=, not both",
+                           hint="items= replaces the search of a catalog")
+    if items is None and signer is not None:
+        raise RequestError("signer= applies to items=, not to a catalog",
+                           hint="for a catalog set it in its settings: catalog="
+                                "CatalogSettings(url, signer=...); a Planetary Computer "
+                                "URL is signed without it")
     job = _prepare(request, opts, model, retry, progress, t_start)
     if items is not None:
         from geoflow.catalog import scenes_from_items
 
-        if catalog is not None:
-            raise RequestError("pass catalog= or items=, not both",
-                               hint="items= replaces the search of a catalog")
         scenes = scenes_from_items(items, profile=profile, signer=signer, request=request)
         scenes.request = request
     else:

@@ -277,6 +277,23 @@ def test_signer_errors_do_not_leak_tokens() -> None:
     assert "https://acct.blob.core.windows.net/c/B04.tif" in str(err.value)
 
 
+def test_signer_and_profile_are_not_ignored_beside_a_catalog() -> None:
+    from geoflow import classify_region
+    from geoflow.catalog import split_catalogs
+    from geoflow.errors import RequestError
+
+    with pytest.raises(RequestError, match="signer= applies to items="):
+        classify_region("11.0,45.0,11.01,45.01", "2024-06-01/2024-06-30",
+                        catalog="http://127.0.0.1:9", signer="planetary-computer")
+    ready = CatalogSettings("http://127.0.0.1:9")
+    with pytest.raises(CatalogError, match="profile='earth-search' does not apply") as err:
+        split_catalogs(ready, profile="earth-search")
+    assert "CatalogSettings(url, profile='earth-search')" in err.value.hint
+    with pytest.raises(CatalogError, match="does not apply"):
+        split_catalogs({"s2": ready}, profile="earth-search")
+    assert split_catalogs(ready, profile="generic")["s2"] is ready
+
+
 def test_reprs_do_not_show_a_signer_endpoint() -> None:
     from geoflow.signing import SasTokenSigner
 

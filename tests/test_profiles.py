@@ -238,6 +238,13 @@ def test_items_outside_the_request_are_left_out_as_a_search_would() -> None:
     raw = _load("planetary-computer-s2-l2a.json")  # Alaska, 2019-06-29
     inside = Request.from_user("-148.0,60.5,-147.9,60.6", "2019-06-01/2019-06-30")
     assert [i["id"] for i in scenes_from_items([raw], request=inside).s2] == [raw["id"]]
+    # Cloud cover 0.31 %: kept under max_cloud=1, left out under max_cloud=0.1.
+    cloudy = Request.from_user("-148.0,60.5,-147.9,60.6", "2019-06-01/2019-06-30", max_cloud=1)
+    assert [i["id"] for i in scenes_from_items([raw], request=cloudy).s2] == [raw["id"]]
+    clear = Request.from_user("-148.0,60.5,-147.9,60.6", "2019-06-01/2019-06-30",
+                              max_cloud=0.1)
+    with pytest.raises(NoScenesError, match="no Sentinel-2 scene in bbox"):
+        scenes_from_items([raw], request=clear)
     for bbox, dates in (("10.0,53.5,10.1,53.6", "2019-06-01/2019-06-30"),
                         ("-148.0,60.5,-147.9,60.6", "2019-07-01/2019-07-31")):
         with pytest.raises(NoScenesError, match="no Sentinel-2 scene in bbox"):
