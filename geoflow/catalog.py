@@ -210,6 +210,19 @@ def _check_profile_applies(settings: CatalogSettings, profile: str | Profile | N
                             "the URL with profile=")
 
 
+def _check_s1_catalog(value: Any) -> None:
+    """Refuse, before anything is said or searched, a Sentinel-1 catalog whose profile has no
+    usable Sentinel-1 (Earth Search: GRD)."""
+    url = value if isinstance(value, str) else getattr(value, "get_self_href", lambda: "")()
+    prof = guess_profile(url)
+    if prof.s1_refusal:
+        raise CatalogError(f"{prof.s1_refusal}; {strip_secrets(str(url))} cannot be the "
+                           "Sentinel-1 catalog",
+                           hint="take Sentinel-1 RTC from Planetary Computer: catalog={'s2': "
+                                "URL, 's1': 'https://planetarycomputer.microsoft.com/api/stac/"
+                                "v1'} (CLI --s1-catalog URL), or leave 's1' out")
+
+
 def _signer_name(signer: Any) -> str:
     """A signer for a repr: its name, or its type's (its fields may hold a token endpoint
     with credentials)."""
@@ -247,6 +260,8 @@ def split_catalogs(catalog: Any, profile: str | Profile | None = None
             value = catalog[key]
             if isinstance(value, CatalogSettings) and key == "s2":
                 _check_profile_applies(value, profile)
+            if key == "s1" and not isinstance(value, CatalogSettings):
+                _check_s1_catalog(value)
             out[key] = (value if isinstance(value, CatalogSettings)
                         else CatalogSettings.coerce(value, profile if key == "s2" else None,
                                                     with_s1=key == "s1" or "s1" not in catalog

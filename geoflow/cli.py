@@ -287,8 +287,10 @@ def search_cmd(
     prof = get_profile(profile, catalog)
     s2_settings = CatalogSettings(
         catalog, s2_collection=s2_collection or prof.s2_collection,
-        s1_collection=None if s1_catalog or prof.s1_refusal else
-        (s1_collection or prof.s1_collection), profile=prof)
+        # An explicit --s1-collection on a catalog without usable Sentinel-1 (Earth Search's
+        # GRD) is refused by CatalogSettings with the way out, not dropped silently.
+        s1_collection=None if s1_catalog else (
+            s1_collection or (None if prof.s1_refusal else prof.s1_collection)), profile=prof)
     cats: Any = s2_settings
     if s1_catalog:
         cats = {"s2": s2_settings, "s1": CatalogSettings(

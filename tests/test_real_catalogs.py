@@ -18,7 +18,7 @@ import pytest
 from _helpers import centre_quarter
 
 from geoflow import signing
-from geoflow.catalog import CatalogSettings, scenes_from_items, search_scenes
+from geoflow.catalog import CatalogSettings, scenes_from_items, search_scenes, split_catalogs
 from geoflow.errors import CatalogError, strip_secrets
 from geoflow.regional import classify_region
 from geoflow.request import Request
@@ -126,6 +126,23 @@ def test_earth_search_sentinel1_is_refused_with_the_way_out() -> None:
               "B02", "B03", "B04", "B05", "B06", "B07", "B08", "B8A", "B11", "B12", "SCL")}}
     with pytest.raises(CatalogError, match="GRD"):
         scenes_from_items([s2, grd])
+    # Earth Search asked for Sentinel-1: refused at once, never "S2 only" then a failure.
+    with pytest.raises(CatalogError, match="cannot be the Sentinel-1 catalog"):
+        split_catalogs({"s2": "https://planetarycomputer.microsoft.com/api/stac/v1",
+                        "s1": "https://earth-search.aws.element84.com/v1"})
+
+
+def test_cli_search_refuses_earth_search_sentinel1_asked_for(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from geoflow.cli import main as cli_main
+
+    with pytest.raises(SystemExit) as exit_:
+        cli_main(["search", "--catalog", "https://earth-search.aws.element84.com/v1",
+                  "--s1-collection", "sentinel-1-grd", "--bbox", "11.0,45.0,11.01,45.01",
+                  "--dates", "2024-06-01/2024-06-30", "--json"])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    assert "GRD" in err and "--s1-catalog" in err
 
 
 def test_one_catalog_per_sensor(stac_url: str, region: Any) -> None:
