@@ -408,7 +408,9 @@ def _close(entry: tuple[Any, threading.Lock] | None) -> None:
 def _usable(entry: tuple[Any, threading.Lock] | None, href: str) -> bool:
     return (entry is not None and not entry[0].closed and _same_file(entry[0], href)
             and getattr(entry[0], "geoflow_session", None) == _SESSION[0]
-            and current(entry[0], href))  # its signature not renewed since (geoflow.signing)
+            # Its signature not renewed since (geoflow.signing): a cache look-up, never a
+            # request (a signer without peek is taken as current; a refused read re-signs).
+            and current(entry[0], href))
 
 
 def _open_cached(href: str) -> tuple[Any, threading.Lock]:
@@ -859,8 +861,11 @@ def build_cube(
         attrs={
             "grid": json.dumps(grid.to_dict()),
             "s1_tolerance_days": float(s1_tolerance_days),
-            "reflectance_scale": f"(DN + offset) / {S2_SCALE:g}, offset {S2_OFFSET:g} from "
-                                 f"processing baseline {S2_OFFSET_BASELINE}",
+            "reflectance_scale": f"(DN + offset) / {S2_SCALE:g}, offset per item "
+                                 "(geoflow:offset, decided by geoflow.profiles.item_offset: "
+                                 "the catalog's offset flags or raster:bands, else "
+                                 f"{S2_OFFSET:g} from processing baseline "
+                                 f"{S2_OFFSET_BASELINE})",
             "cloud_scl_codes": ",".join(str(c) for c in HIDDEN_SCL),
         },
     )

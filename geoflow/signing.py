@@ -43,7 +43,10 @@ class HrefSigner(Protocol):
     """What a signer does: sign one href (``refresh=True``: with a new token).
 
     Implementations must pickle (they travel to Dask workers) and return hrefs they do not
-    sign unchanged.
+    sign unchanged. Optionally a signer has ``peek(href) -> str | None`` (``href`` signed from
+    its cache without a request, None when its token is stale, ``href`` itself when it does
+    not own it): with it, a kept-open dataset is reopened as soon as its token is renewed;
+    without it, a read refused for an expired signature is re-signed and retried.
     """
 
     def sign(self, href: str, refresh: bool = False) -> str:
@@ -54,6 +57,8 @@ class HrefSigner(Protocol):
 #: Per process: token cache key -> (token, expiry as epoch seconds).
 _TOKENS: dict[str, tuple[str, float]] = {}
 _LOCK = threading.Lock()
+#: Per process: token cache key -> the lock held while its token is fetched (single flight).
+_GATES: dict[str, threading.Lock] = {}
 #: Per process counters: tokens fetched, and re-signs forced by a refused open or read.
 _STATS = {"tokens": 0, "resigned": 0}
 #: Signers of the run this process is reading for (set on each worker per chunk).
@@ -83,6 +88,14 @@ class _CachedTokenSigner:
     def _fetch(self, key: str) -> tuple[str, float]:  # pragma: no cover - abstract
         raise NotImplementedError
 
+    def _fresh(self, cached: tuple[str, float] | None) -> bool:
+        return cached is not None and cached[1] - time.time() >= self.margin_s
+
+    @staticmethod
+    def _gate(key: str) -> threading.Lock:
+        with _LOCK:
+            return _GATES.setdefault(key, threading.Lock())
+
     def peek(self, href: str) -> str | None:
         """``href`` signed with the cached token if it is still fresh, else None (no request);
         ``href`` itself when this signer does not own it."""
@@ -95,7 +108,7 @@ class _CachedTokenSigner:
             return None
         return _with_token(href, cached[0])
 
-    def sign(self, href: str, refresh: bool = False) -> str:
+    def sign(self, href: str, refresh: bool = False, failed: str | None = None) -> str:
         """``href`` with a token for its container (unchanged if this signer does not own it).
 
         Parameters
@@ -103,14 +116,32 @@ class _CachedTokenSigner:
         href
             The asset URL (a signature it already carries is replaced).
         refresh
-            Fetch a new token even if the cached one looks valid (after an HTTP 403).
+            A new token (after an HTTP 403): fetched unless another thread already replaced
+            the one that failed. One fetch per key at a time, however many threads were
+            refused together.
+        failed
+            With ``refresh``: the token (query string) that was refused; default the one
+            cached now.
         """
         key = self._key(href)
         if key is None:
             return href
         with _LOCK:
-            cached = _TOKENS.get(key)
-        if refresh or cached is None or cached[1] - time.time() < self.margin_s:
+            seen = _TOKENS.get(key)
+        if not refresh and seen is not None and self._fresh(seen):
+            return _with_token(href, seen[0])
+        # The token that was refused: given by the reader, else the one cached now.
+        if failed is None and seen is not None:
+            failed = seen[0]
+        # One request per key at a time: threads refused together (a 403 on N readers) wait
+        # for the first one's token instead of each fetching their own.
+        with self._gate(key):
+            with _LOCK:
+                cached = _TOKENS.get(key)
+            if self._fresh(cached) and (not refresh or (cached is not None
+                                                         and cached[0] != failed)):
+                assert cached is not None
+                return _with_token(href, cached[0])  # renewed while this thread waited
             try:
                 cached = self._fetch(key)
             except CatalogError:
@@ -151,6 +182,8 @@ class SasTokenSigner(_CachedTokenSigner):
     hosts: tuple[str, ...] = ()
     #: Renew a cached token when less than this many seconds of it are left.
     margin_s: float = 300.0
+    #: Seconds one token request may take (a hung endpoint must not outlast the deadline).
+    timeout_s: float = 30.0
 
     def _key(self, href: str) -> str | None:
         parts = urlsplit(href)
@@ -162,7 +195,7 @@ class SasTokenSigner(_CachedTokenSigner):
     def _fetch(self, key: str) -> tuple[str, float]:
         import requests
 
-        answer = requests.get(key, timeout=30)
+        answer = requests.get(key, timeout=self.timeout_s)
         answer.raise_for_status()
         body = answer.json()
         return str(body["token"]), _expiry(body["msft:expiry"])
@@ -182,6 +215,8 @@ class PlanetaryComputerSigner(_CachedTokenSigner):
 
     #: Renew a cached token when less than this many seconds of it are left.
     margin_s: float = 300.0
+    #: Seconds one token request may take (a hung endpoint must not outlast the deadline).
+    timeout_s: float = 30.0
 
     def _key(self, href: str) -> str | None:
         host = (urlsplit(href).hostname or "").lower()
@@ -197,9 +232,20 @@ class PlanetaryComputerSigner(_CachedTokenSigner):
         account, container = key.split("/", 1)
         # The package caches too, renewing only under 60 s: drop its entry so a refresh (or
         # our larger margin) really gets a new token.
-        url = f"{sas.Settings.get().sas_url}/{account}/{container}"
+        settings = sas.Settings.get()
+        url = f"{settings.sas_url}/{account}/{container}"
         sas.TOKEN_CACHE.pop(url, None)
-        token = sas.get_token(account, container)
+        # The package's get_token has no timeout (a dead connection would hang the read past
+        # the run's deadline): ask its endpoint, with its key, under a bounded timeout, and
+        # read the answer with its SASToken model.
+        import requests
+
+        headers = ({"Ocp-Apim-Subscription-Key": settings.subscription_key}
+                   if settings.subscription_key else None)
+        answer = requests.get(url, headers=headers, timeout=self.timeout_s)
+        answer.raise_for_status()
+        token = sas.SASToken(**answer.json())
+        sas.TOKEN_CACHE[url] = token
         return str(token.token), token.expiry.timestamp()
 
 
@@ -245,9 +291,24 @@ def resolve_signer(signer: Any) -> HrefSigner | None:
                             "sign(href, refresh=False) -> str (geoflow.signing.HrefSigner)")
 
 
+#: At most this many signers stay active in a process (the newest runs' first).
+_MAX_ACTIVE = 16
+
+
 def activate(signers: Sequence[HrefSigner]) -> None:
-    """Set the signers of the run this process reads for (each chunk task calls it)."""
-    _ACTIVE[0] = tuple(signers)
+    """Add the signers of a run this process reads for (each chunk task calls it).
+
+    Merged, not replaced: runs sharing a worker (two maps on one cluster) keep each other's
+    signers, which is safe because a signer returns hrefs it does not own unchanged. The
+    newest come first; equal signers are kept once, and the oldest are dropped past
+    ``_MAX_ACTIVE``.
+    """
+    with _LOCK:
+        merged: list[HrefSigner] = []
+        for signer in (*signers, *_ACTIVE[0]):
+            if signer not in merged:
+                merged.append(signer)
+        _ACTIVE[0] = tuple(merged[:_MAX_ACTIVE])
 
 
 def sign(href: str, refresh: bool = False) -> str:
@@ -262,16 +323,25 @@ def sign(href: str, refresh: bool = False) -> str:
 def current(src: Any, href: str) -> bool:
     """Whether a dataset opened by :func:`open_raster` still holds the current signature of
     ``href`` (no request is made): a kept-open dataset is reopened when its token was
-    renewed, instead of waiting for its next read to be refused."""
+    renewed, instead of waiting for its next read to be refused.
+
+    Only signers with the optional ``peek(href) -> str | None`` can tell; with one that has
+    none the dataset is taken as current (never a ``sign`` call, which may be a request, on
+    each cached read): a read refused later is re-signed and retried (:func:`open_raster`).
+    """
     signed = getattr(src, "geoflow_signed", None)
     if signed is None:
         return True
+    unknown = False
     for signer in _ACTIVE[0]:
         peek = getattr(signer, "peek", None)
-        fresh = peek(href) if peek is not None else signer.sign(href)
+        if peek is None:
+            unknown = True
+            continue
+        fresh = peek(href)
         if fresh != href:
             return bool(fresh == signed)
-    return False
+    return unknown
 
 
 def sign_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -301,7 +371,7 @@ class _SignedDataset:
         try:
             return self._src.read(*args, **kwargs)
         except Exception:
-            url = _resign(self._href)
+            url = _resign(self._href, self.geoflow_signed)
             with contextlib.suppress(Exception):
                 self._src.close()
             self.__dict__.update(_src=_rasterio_open(url), geoflow_signed=url)
@@ -323,12 +393,20 @@ def _rasterio_open(url: str) -> Any:
     return rasterio.open(url)
 
 
-def _resign(href: str) -> str:
-    """A new signature for ``href`` (a new token), counted. GDAL's memory of the refused
-    answers needs no clearing: it is kept per URL, and the new URL differs."""
+def _resign(href: str, failed: str) -> str:
+    """A new signature for ``href`` after ``failed`` (its signed URL) was refused, counted.
+    GDAL's memory of the refused answers needs no clearing: it is kept per URL, and the new
+    URL differs."""
     with _LOCK:
         _STATS["resigned"] += 1
-    return sign(href, refresh=True)
+    token = failed.partition("?")[2] or None
+    for signer in _ACTIVE[0]:
+        # geoflow's signers skip the fetch when another thread already replaced that token.
+        signed = (signer.sign(href, refresh=True, failed=token)
+                  if isinstance(signer, _CachedTokenSigner) else signer.sign(href, refresh=True))
+        if signed != href:
+            return signed
+    return href
 
 
 def open_raster(href: str) -> Any:
@@ -344,7 +422,7 @@ def open_raster(href: str) -> Any:
         return _SignedDataset(_rasterio_open(url), href, url)
     except Exception:
         pass
-    url = _resign(href)
+    url = _resign(href, url)
     return _SignedDataset(_rasterio_open(url), href, url)
 
 
@@ -356,10 +434,12 @@ def stats() -> dict[str, int]:
 
 
 def reset() -> None:
-    """Forget cached tokens and counts (tests)."""
+    """Forget cached tokens, counts and active signers (tests)."""
     with _LOCK:
         _TOKENS.clear()
+        _GATES.clear()
         _STATS.update(tokens=0, resigned=0)
+        _ACTIVE[0] = ()
 
 
 __all__ = ["HrefSigner", "PlanetaryComputerSigner", "SasTokenSigner", "activate", "current",
