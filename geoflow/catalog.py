@@ -750,12 +750,14 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
         dict. Sentinel-2 and Sentinel-1 are told apart by ``collection``, ``constellation`` or
         ``platform``; other items are an error.
     profile
-        The items' catalog profile; None: guessed per item from its ``self``/``root`` link,
-        else from its asset hosts (``*.blob.core.windows.net``: Planetary Computer).
+        The items' catalog profile; None: guessed per item, in order, from the host of its
+        ``self``, ``root`` or ``collection`` link; from its asset hosts
+        (``*.blob.core.windows.net``: Planetary Computer); from an
+        ``earthsearch:boa_offset_applied`` property (Earth Search); else ``generic``.
     signer
         As :class:`CatalogSettings`' ``signer``; None: the profiles' (Planetary Computer's
-        signer for its items). Signatures the items carry are dropped and made afresh on the
-        workers.
+        signer for its items). Hrefs are kept as given: a signer that owns an href replaces
+        the signature it carries on the workers; one no signer owns keeps its own.
     request
         If given, items outside its dates or bbox, and Sentinel-2 items cloudier
         (``eo:cloud_cover``) than its ``max_cloud``, are left out, as a search would (a

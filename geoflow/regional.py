@@ -309,8 +309,8 @@ def classify_region(
     items
         Bring your own search: a pystac ``ItemCollection`` or a list of Sentinel-2 (and
         Sentinel-1) items or item dicts, used instead of searching ``catalog``; items outside
-        the bbox and dates are left out, as a search would. Signatures they carry are made
-        afresh on the workers.
+        the bbox and dates (and S2 items over ``max_cloud``) are left out, as a search would.
+        A signer that owns an href re-signs it on the workers; other hrefs are read as given.
     profile
         ``"planetary-computer"``, ``"earth-search"`` or ``"generic"``: overrides the profile
         guessed for ``catalog`` URLs or for ``items`` (a ready ``CatalogSettings`` with

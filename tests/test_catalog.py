@@ -270,11 +270,47 @@ def test_items_stay_unsigned_and_carry_the_signer(requests_: dict[str, Request],
     assert {i["properties"]["geoflow:profile"] for i in scenes.s2} == {"generic"}
 
 
-def test_signer_errors_do_not_leak_tokens() -> None:
+class _LeakySigner:
+    """A third-party signer whose failure is a plain RuntimeError quoting a signed URL."""
+
+    def sign(self, href: str, refresh: bool = False) -> str:
+        if "/sentinel-2-l2a/" in href or "S2" in href:
+            raise RuntimeError(f"token service refused {href}?sig=SECRET&se=2030 (sig=SECRET)")
+        return href
+
+
+def test_signer_errors_do_not_leak_tokens(small_archive: Path, models: tuple[str, str],
+                                          client: Any, tmp_path: Path) -> None:
+    from _helpers import centre_quarter
+
+    from geoflow.errors import RunFailedError
+    from geoflow.regional import classify_region
+
     with pytest.raises(CatalogError) as err:
         _Suffix().sign("https://acct.blob.core.windows.net/c/B04.tif")
     assert "SECRET" not in str(err.value)
     assert "https://acct.blob.core.windows.net/c/B04.tif" in str(err.value)
+    # A real read whose signer raises a plain RuntimeError with the signature in it.
+    archive = Path(small_archive)
+    items = []
+    for name in ("sentinel-2-l2a", "sentinel-1-rtc"):
+        for line in (archive / "items" / f"{name}.ndjson").read_text().splitlines():
+            item = json.loads(line)
+            for asset in item["assets"].values():
+                asset["href"] = f"{archive.as_uri()}/{asset['href']}"
+            items.append(item)
+    bbox, dates = centre_quarter(archive)
+    out = tmp_path / "leak.zarr"
+    with pytest.raises(RunFailedError) as failed:
+        classify_region(bbox, dates, items=items, signer=_LeakySigner(), client=client,
+                        model=models[0], chunk_patches=16, progress=False, out=str(out),
+                        retry=RetryPolicy(attempts=1, backoff_s=0.0))
+    reasons = list(failed.value.failures.values())
+    assert reasons and all("token service refused" in r for r in reasons)  # the signer's
+    written = "".join(p.read_text(errors="ignore") for p in tmp_path.rglob("*")
+                      if p.is_file() and p.suffix in ("", ".json"))
+    for text in (str(failed.value), *failed.value.failures.values(), written):
+        assert "SECRET" not in text
 
 
 def test_signer_and_profile_are_not_ignored_beside_a_catalog() -> None:
