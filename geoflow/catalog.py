@@ -286,7 +286,8 @@ class SceneSet:
     Attributes
     ----------
     s2, s1
-        Sentinel-2 and Sentinel-1 items, canonical and unsigned (the workers sign).
+        Sentinel-2 and Sentinel-1 items, canonical; hrefs as the catalog gave them (the
+        workers sign those a signer owns, just before each read).
     request
         What was searched.
     settings

@@ -97,18 +97,25 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
 
     Module level so it pickles by reference. Returns a small summary dict; a chunk that keeps
     failing is recorded in the store's ledger and returned with ``status="failed"`` rather
-    than raised, so one broken asset does not stop the region.
+    than raised, so one broken asset does not stop the region. The run's signers are active
+    while it runs (:func:`geoflow.signing.activated`).
     """
+    from geoflow.signing import activated
+
+    with activated(spec.signers):
+        return _run_chunk(chunk, scenes, spec, model_bytes)
+
+
+def _run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
+               model_bytes: Any) -> dict[str, Any]:
     import rasterio
 
     from geoflow.catalog import SceneSet
     from geoflow.cube import build_cube, read_session
     from geoflow.infer import add_summary, classify_window, get_model
-    from geoflow.signing import activate
 
     t0 = time.perf_counter()
     read_session(spec.session or None)
-    activate(spec.signers)
     store = _open_store(spec.store_path, spec.storage_options)
     if not any(_overlaps(it, chunk.read_grid.bbox_lonlat) for it in scenes["s2"]):
         # A chunk beyond the scenes' footprints (the region's edge past the archive): a valid,

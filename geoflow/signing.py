@@ -29,7 +29,7 @@ from __future__ import annotations
 import contextlib
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any, Protocol, runtime_checkable
@@ -291,24 +291,55 @@ def resolve_signer(signer: Any) -> HrefSigner | None:
                             "sign(href, refresh=False) -> str (geoflow.signing.HrefSigner)")
 
 
-#: At most this many signers stay active in a process (the newest runs' first).
-_MAX_ACTIVE = 16
+#: How many running tasks activated each active signer (same order as ``_ACTIVE[0]``).
+_ACTIVE_COUNTS: list[int] = []
 
 
-def activate(signers: Sequence[HrefSigner]) -> None:
-    """Add the signers of a run this process reads for (each chunk task calls it).
+@contextlib.contextmanager
+def activated(signers: Sequence[HrefSigner]) -> Iterator[None]:
+    """Make a run's signers active in this process while its task runs (each chunk task
+    enters it).
 
-    Merged, not replaced: runs sharing a worker (two maps on one cluster) keep each other's
-    signers, which is safe because a signer returns hrefs it does not own unchanged. The
-    newest come first; equal signers are kept once, and the oldest are dropped past
-    ``_MAX_ACTIVE``.
+    Merged, not replaced: tasks of two runs on one worker (two maps on one cluster) run side
+    by side with both runs' signers active, which is safe because a signer returns hrefs it
+    does not own unchanged. A signer stays active while some task that activated it runs
+    (counted; equal signers are one), so one run's signer never outlives its tasks to stand
+    in another's way.
+
+    Examples
+    --------
+    >>> s = SasTokenSigner("http://127.0.0.1:9/token", hosts=("data.example.org",))
+    >>> with activated([s]):
+    ...     len(_ACTIVE[0])
+    1
+    >>> len(_ACTIVE[0])
+    0
     """
+    added: list[HrefSigner] = []
     with _LOCK:
-        merged: list[HrefSigner] = []
-        for signer in (*signers, *_ACTIVE[0]):
-            if signer not in merged:
+        merged, counts = list(_ACTIVE[0]), list(_ACTIVE_COUNTS)
+        for signer in signers:
+            if signer in added:
+                continue
+            added.append(signer)
+            if signer in merged:
+                counts[merged.index(signer)] += 1
+            else:
                 merged.append(signer)
-        _ACTIVE[0] = tuple(merged[:_MAX_ACTIVE])
+                counts.append(1)
+        _ACTIVE[0], _ACTIVE_COUNTS[:] = tuple(merged), counts
+    try:
+        yield
+    finally:
+        with _LOCK:
+            merged, counts = list(_ACTIVE[0]), list(_ACTIVE_COUNTS)
+            for signer in added:
+                if signer in merged:
+                    i = merged.index(signer)
+                    counts[i] -= 1
+                    if counts[i] <= 0:
+                        del merged[i], counts[i]
+            _ACTIVE[0], _ACTIVE_COUNTS[:] = tuple(merged), counts
 
 
 def sign(href: str, refresh: bool = False) -> str:
@@ -440,7 +471,8 @@ def reset() -> None:
         _GATES.clear()
         _STATS.update(tokens=0, resigned=0)
         _ACTIVE[0] = ()
+        _ACTIVE_COUNTS.clear()
 
 
-__all__ = ["HrefSigner", "PlanetaryComputerSigner", "SasTokenSigner", "activate", "current",
+__all__ = ["HrefSigner", "PlanetaryComputerSigner", "SasTokenSigner", "activated", "current",
            "open_raster", "resolve_signer", "sign", "sign_items", "stats"]

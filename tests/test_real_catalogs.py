@@ -334,11 +334,8 @@ def test_stackstac_reads_are_signed_too(region: Any, small_archive: Path,
     with SigningServer(Path(small_archive), ttl_s=60.0) as srv:
         remote = scenes_from_items(_items(Path(small_archive), srv.url), signer=(
             signing.SasTokenSigner(f"{srv.url}/token", hosts=(srv.host,))))
-        signing.activate(remote.signers)
-        try:
+        with signing.activated(remote.signers):
             got = build_cube(remote, grid).compute(scheduler="sync")
-        finally:
-            signing.reset()
         assert srv.counts["served"] > 0 and srv.counts["forbidden"] == 0
     for var in ("reflectance", "scl", "sar"):
         np.testing.assert_allclose(got[var].values, expected[var].values, rtol=0, atol=1e-6,
@@ -357,15 +354,15 @@ def test_a_refused_token_is_fetched_once_however_many_threads_were_refused(
             signer = signing.SasTokenSigner(f"{srv.url}/token", hosts=(srv.host,))
             href = f"{srv.url}/a.tif"
             refused = signer.sign(href)
-            signing.activate((signer,))
-            # Eight readers refused with the same token: one new token, shared by all.
-            with ThreadPoolExecutor(8) as pool:
-                urls = set(pool.map(lambda _: signing._resign(href, refused), range(8)))
-            assert srv.counts["tokens"] == 2
-            assert len(urls) == 1 and urls != {refused}
-            # Refused again with the new token: a new one is fetched.
-            signing._resign(href, urls.pop())
-            assert srv.counts["tokens"] == 3
+            with signing.activated((signer,)):
+                # Eight readers refused with the same token: one new token, shared by all.
+                with ThreadPoolExecutor(8) as pool:
+                    urls = set(pool.map(lambda _: signing._resign(href, refused), range(8)))
+                assert srv.counts["tokens"] == 2
+                assert len(urls) == 1 and urls != {refused}
+                # Refused again with the new token: a new one is fetched.
+                signing._resign(href, urls.pop())
+                assert srv.counts["tokens"] == 3
     finally:
         signing.reset()
 
@@ -388,15 +385,19 @@ def test_signers_merge_across_runs_and_a_cached_read_never_signs() -> None:
     try:
         pc = signing.SasTokenSigner("http://127.0.0.1:9/token", hosts=("pc.example.org",))
         other = _NoPeekSigner()
-        signing.activate((pc,))
-        signing.activate((other,))  # a second run on the same worker keeps the first's
-        signing.activate((pc,))
-        assert signing._ACTIVE[0] == (pc, other)
-        assert signing.sign("https://owned.example.org/a.tif").endswith("?sig=x")
-        calls = other.calls
-        # A kept-open dataset: the peek-less signer is never asked (sign may be a request).
-        src = SimpleNamespace(geoflow_signed="https://owned.example.org/a.tif?sig=x")
-        assert signing.current(src, "https://owned.example.org/a.tif") is True
-        assert other.calls == calls
+        with signing.activated((pc,)):
+            # Tasks of a second run on the same worker: both runs' signers are active.
+            with signing.activated((other,)), signing.activated((pc,)):
+                assert signing._ACTIVE[0] == (pc, other)
+                assert signing.sign("https://owned.example.org/a.tif").endswith("?sig=x")
+                calls = other.calls
+                # A kept-open dataset: the peek-less signer is never asked (sign may be a
+                # request); the 403 path re-signs if it was stale.
+                src = SimpleNamespace(geoflow_signed="https://owned.example.org/a.tif?sig=x")
+                assert signing.current(src, "https://owned.example.org/a.tif") is True
+                assert other.calls == calls
+            # The second run's tasks ended: its signer is gone, the first run's stays.
+            assert signing._ACTIVE[0] == (pc,)
+        assert signing._ACTIVE[0] == ()
     finally:
         signing.reset()
