@@ -232,13 +232,39 @@ def evaluate_real(spec: str = "bigearthnet", model: str | os.PathLike[str] | Non
 
     loaded = load(resolve_model(model), device=device)
     data = sets if sets is not None else open_sets(spec, cache=cache)
+    out = {name: _evaluate_set(loaded, p, batch_size) for name, p in data.items()}
+    if "dev" in data and "heldout" in data:
+        out["heldout"]["by_acquisition"] = _split_by_acquisition(
+            loaded, data["dev"], data["heldout"], batch_size)
     return {
         "spec": spec,
         "model": {"checkpoint": str(loaded.path), "version": loaded.version,
                   "stage": loaded.stage, "classes": list(loaded.classes),
                   "patch_size": loaded.patch_size},
-        "sets": {name: _evaluate_set(loaded, p, batch_size) for name, p in data.items()},
+        "sets": out,
     }
+
+
+def _split_by_acquisition(model: Any, dev: BenPatches, held: BenPatches, batch_size: int
+                          ) -> dict[str, dict[str, Any]]:
+    """The held-out figures split by whether a patch shares an acquisition (satellite and date,
+    :attr:`BenPatches.groups`) with a dev patch: such a pair is another area of the same
+    overpass (same atmosphere, season and sensor state), so it is less independent of dev than
+    one from another date. No pixel is shared either way."""
+    dev_groups = set(dev.groups)
+    shared = [i for i, g in enumerate(held.groups) if g in dev_groups]
+    parts = {"shares_acquisition_with_dev": shared,
+             "no_shared_acquisition": [i for i in range(len(held)) if i not in shared]}
+    out: dict[str, dict[str, Any]] = {}
+    for key, ix in parts.items():
+        sub = held.subset(ix)
+        entry: dict[str, Any] = {"patches": len(ix), "ids": list(sub.ids),
+                                 "acquisitions": sorted(set(sub.groups))}
+        if ix:
+            r = _evaluate_set(model, sub, batch_size)
+            entry.update(windows=r["windows"], fit=r["fit"], targets=r["targets"])
+        out[key] = entry
+    return out
 
 
 def _pct(v: float | None, width: int = 6) -> str:
@@ -295,6 +321,30 @@ def format_real(report: dict[str, Any], sets: Sequence[str] | None = None) -> st
             r = t["sea_water"]
             lines.append(f"  sea patches Water by majority: {r['water']}/{r['patches']} "
                          f"(target all)  {'met' if r['met'] else 'NOT MET'}")
+        for key, label in (("shares_acquisition_with_dev", "shares an acquisition with dev"),
+                           ("no_shared_acquisition", "no acquisition shared with dev")):
+            part = s.get("by_acquisition", {}).get(key)
+            if part is None:
+                continue
+            if not part["patches"]:
+                lines.append(f"  {label}: no patch")
+                continue
+            fit = part["fit"]["student"]
+            lines.append(
+                f"  {label} ({part['patches']} patches, {', '.join(part['acquisitions'])}): "
+                f"student windows {_pct(fit['all']['window_fit'], 0)}, clear windows "
+                f"{_pct(fit['clear']['window_fit'], 0)} (NDWI rule "
+                f"{_pct(part['fit']['ndwi_rule']['clear']['window_fit'], 0)}), patches "
+                f"{_pct(fit['all']['patch_fit'], 0)}")
+            t = part["targets"]
+            if "clear_fit_vs_ndwi" in t:
+                r = t["clear_fit_vs_ndwi"]
+                lines.append(f"    clear window fit vs NDWI: {r['margin_points']:+.1f} points "
+                             f"(target >= +5)  {'met' if r['met'] else 'NOT MET'}")
+            if "snow_not_industrial" in t:
+                r = t["snow_not_industrial"]
+                lines.append(f"    snowy windows Industrial: {r['industrial']}/{r['windows']} "
+                             f"(target 0)  {'met' if r['met'] else 'NOT MET'}")
         shown = sorted(s["predictions"].items(), key=lambda kv: -kv[1])
         lines.append("predictions: " + ", ".join(f"{c} {100 * v:.0f} %" for c, v in shown
                                                  if v > 0))
