@@ -1160,13 +1160,17 @@ def window_origins(size: int, patch: int = PATCH_PX) -> list[tuple[int, int]]:
     return [(off + r * size, off + c * size) for r in range(n) for c in range(n)]
 
 
-def cut_windows(patches: BenPatches, size: int) -> dict[str, np.ndarray]:
-    """Cut every patch into its centred ``size`` px windows (3 x 3 for 32 px).
+def cut_windows(patches: Any, size: int) -> dict[str, np.ndarray]:
+    """Cut every patch into its centred ``size`` px windows (3 x 3 for 32 px of 120).
+
+    ``patches`` is anything with ``s2`` (N, 10, H, H), ``s1`` (N, 2, H, H) and ``cloud``
+    (N, H, H) arrays (and ``snow``, if it has one): :class:`BenPatches` or fine-tuning's
+    ``LabelledPatches``. The real-patch evaluation and fine-tuning's fit rates both cut here.
 
     Returns
     -------
     dict
-        ``s2`` (M, 10, size, size), ``s1`` (M, 2, size, size), ``cloud``, ``snow``
+        ``s2`` (M, 10, size, size), ``s1`` (M, 2, size, size), ``cloud`` (and ``snow``)
         (M, size, size) and ``patch`` (M,) int: the patch each window comes from.
 
     Examples
@@ -1175,18 +1179,17 @@ def cut_windows(patches: BenPatches, size: int) -> dict[str, np.ndarray]:
     >>> w["s2"].shape[0] == 9 * len(patches)  # doctest: +SKIP
     True
     """
-    origins = window_origins(size)
-    out: dict[str, list[np.ndarray]] = {"s2": [], "s1": [], "cloud": [], "snow": []}
+    origins = window_origins(size, int(patches.s2.shape[-1]))
+    keys = ["s2", "s1", "cloud"] + (["snow"] if getattr(patches, "snow", None) is not None
+                                    else [])
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for r, c in origins:
-        sl = (slice(r, r + size), slice(c, c + size))
-        out["s2"].append(patches.s2[:, :, sl[0], sl[1]])
-        out["s1"].append(patches.s1[:, :, sl[0], sl[1]])
-        out["cloud"].append(patches.cloud[:, sl[0], sl[1]])
-        out["snow"].append(patches.snow[:, sl[0], sl[1]])
+        for k in keys:
+            out[k].append(getattr(patches, k)[..., r:r + size, c:c + size])
     # window-major stacking -> patch-major order (patch 0's windows first)
     res = {k: np.stack(v, axis=1).reshape(-1, *v[0].shape[1:]).astype(np.float32)
            for k, v in out.items()}
-    res["patch"] = np.repeat(np.arange(len(patches)), len(origins))
+    res["patch"] = np.repeat(np.arange(len(patches.s2)), len(origins))
     return res
 
 

@@ -73,9 +73,18 @@ def ndwi_rule(s2: np.ndarray) -> np.ndarray:
     return np.where(ndwi > 0, "Water", "Dense Forest")
 
 
-def _majority(pred: np.ndarray, patch: np.ndarray, n_patches: int, k: int,
-              probs: np.ndarray | None = None) -> np.ndarray:
-    """(n_patches,) majority class index per patch; ties go to the higher summed probability."""
+def patch_majority(pred: np.ndarray, patch: np.ndarray, n_patches: int, k: int,
+                   probs: np.ndarray | None = None) -> np.ndarray:
+    """(n_patches,) majority class index per patch; ties go to the higher summed probability
+    (``probs`` (M, K); without it, to the lower class index). Fine-tuning's fit rates use it too.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> probs = np.array([[0.9, 0.1], [0.4, 0.6]])
+    >>> patch_majority(np.array([0, 1]), np.array([0, 0]), 1, 2, probs).tolist()
+    [0]
+    """
     counts = np.zeros((n_patches, k))
     np.add.at(counts, (patch, pred), 1.0)
     if probs is not None:
@@ -101,7 +110,7 @@ def _score(pred: np.ndarray, allowed: np.ndarray, patch: np.ndarray, cond_w: np.
            cond_p: np.ndarray, probs: np.ndarray | None = None) -> dict[str, Any]:
     n, k = allowed.shape
     fit_w = allowed[patch, pred]
-    major = _majority(pred, patch, n, k, probs)
+    major = patch_majority(pred, patch, n, k, probs)
     fit_p = allowed[np.arange(n), major]
     return {"rows": _fit_rows(fit_w, fit_p, cond_w, cond_p), "fit_w": fit_w, "fit_p": fit_p,
             "major": major}
@@ -187,6 +196,7 @@ def _evaluate_set(model: Any, patches: BenPatches, batch_size: int) -> dict[str,
         "groups": len(set(patches.groups)),
         "fit": {"student": student["rows"], "student_no_sar": student_ns["rows"],
                 "ndwi_rule": rule["rows"]},
+        "no_class_patches": int((~allowed.any(axis=1)).sum()),
         "families": fams, "sar_weight": sar_w, "predictions": dist, "targets": targets,
         "per_patch": per_patch,
     }
@@ -351,4 +361,5 @@ def format_real(report: dict[str, Any], sets: Sequence[str] | None = None) -> st
     return "\n".join(lines)
 
 
-__all__ = ["BUILT_UP", "CONDITIONS", "evaluate_real", "format_real", "ndwi_rule"]
+__all__ = ["BUILT_UP", "CONDITIONS", "evaluate_real", "format_real", "ndwi_rule",
+           "patch_majority"]
