@@ -105,7 +105,9 @@ LABEL_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "Broad-leaved forest": ("forest", ("Dense Forest",)),  # also 19
     "Coniferous forest": ("forest", ("Dense Forest",)),  # also 19
     "Mixed forest": ("forest", ("Dense Forest",)),  # also 19
-    "Natural grassland": ("grassland/bare", ("Herbaceous",)),
+    # v1's two labels allow what their merged 19-class label allows (CORINE's own split of
+    # grassland and sparse vegetation is not one geoflow's classes can draw at 320 m)
+    "Natural grassland": ("grassland/bare", ("Herbaceous", "Barren")),
     "Natural grassland and sparsely vegetated areas": ("grassland/bare",
                                                        ("Herbaceous", "Barren")),  # 19
     "Moors and heathland": ("scrub", ("Scrub",)),
@@ -115,7 +117,7 @@ LABEL_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "Transitional woodland, shrub": ("scrub", ("Scrub",)),  # 19
     "Beaches, dunes, sands": ("grassland/bare", ("Barren",)),  # also 19
     "Bare rock": ("grassland/bare", ("Barren",)),
-    "Sparsely vegetated areas": ("grassland/bare", ("Barren",)),
+    "Sparsely vegetated areas": ("grassland/bare", ("Herbaceous", "Barren")),
     "Burnt areas": ("grassland/bare", ("Barren",)),
     "Glaciers and perpetual snow": ("grassland/bare", ("Barren",)),
     # wetlands and water
@@ -176,11 +178,12 @@ BEN19: tuple[str, ...] = (
     "Beaches, dunes, sands", "Inland wetlands", "Coastal wetlands", "Inland waters",
     "Marine waters",
 )
-#: One colour per BEN19 class (CORINE's own legend colours).
+#: One colour per BEN19 class (CORINE's own legend colours; a merged class takes the colour of
+#: its first CORINE label, e.g. Marine waters that of Sea and ocean, #e6f2ff).
 BEN19_COLORS: tuple[str, ...] = (
     "#e6004d", "#cc4df2", "#ffffa8", "#e68000", "#e6e64d", "#ffe64d", "#e6cc4d", "#f2cca6",
     "#80ff00", "#00a600", "#4dff00", "#ccf24d", "#a6ff80", "#a6f200", "#e6e6e6", "#a6a6ff",
-    "#ccccff", "#80f2e6", "#00ccf2",
+    "#ccccff", "#80f2e6", "#e6f2ff",
 )
 
 

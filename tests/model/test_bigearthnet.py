@@ -16,6 +16,7 @@ from geoflow.errors import ModelError
 from geoflow.model._constants import CLASSES
 from geoflow.model.bigearthnet import (
     BEN19,
+    BEN19_COLORS,
     LABEL_TABLE,
     V1_TO_19,
     WHEELS,
@@ -49,6 +50,14 @@ def test_label_table_covers_both_nomenclatures_with_known_classes() -> None:
         allowed_classes(["Moon dust"])
     m = allowed_mask([["Pastures", "Coniferous forest"]], BEN19)
     assert [BEN19[i] for i in np.flatnonzero(m[0])] == ["Pastures", "Coniferous forest"]
+    # a v1 label allows what its merged 19-class label allows (same family too)
+    for v1, new in V1_TO_19.items():
+        if new is not None:
+            assert LABEL_TABLE[v1][0] == LABEL_TABLE[new][0], v1
+            assert allowed_classes([v1]) == allowed_classes([new]), v1
+    # Marine waters takes CORINE's sea-and-ocean colour, not the water-courses one
+    assert BEN19_COLORS[BEN19.index("Marine waters")] == "#e6f2ff"
+    assert len(set(BEN19_COLORS)) == 19
 
 
 def test_window_origins_are_centred_and_inside() -> None:
