@@ -421,10 +421,23 @@ def _s2_from_bands(bands: dict[str, np.ndarray], what: str) -> np.ndarray:
     return out
 
 
-def _s1_from_bands(bands: dict[str, np.ndarray] | None) -> np.ndarray:
+def _s1_from_bands(bands: dict[str, np.ndarray] | None, what: str = "S1 patch") -> np.ndarray:
+    """(2, 120, 120) float32 sigma0 dB, VV then VH (all NaN when the patch has no S1)."""
     if bands is None:
         return np.full((2, PATCH_PX, PATCH_PX), np.nan, np.float32)
-    out = np.stack([np.asarray(bands["VV"], np.float32), np.asarray(bands["VH"], np.float32)])
+    missing = [b for b in ("VV", "VH") if b not in bands]
+    if missing:
+        raise ModelError(f"{what} has no {' or '.join(missing)} band",
+                         hint="BigEarthNet S1 patches carry both VV and VH (dB); leave a "
+                              "patch's S1 out entirely to use it optical-only")
+    out = np.empty((2, PATCH_PX, PATCH_PX), np.float32)
+    for i, pol in enumerate(("VV", "VH")):
+        band = np.asarray(bands[pol])
+        if band.shape != (PATCH_PX, PATCH_PX):
+            raise ModelError(f"{what}'s {pol} band is {'x'.join(map(str, band.shape))} px, "
+                             f"not {PATCH_PX}x{PATCH_PX}",
+                             hint="BigEarthNet S1 bands are 120 x 120 px at 10 m")
+        out[i] = band
     out[~np.isfinite(out)] = np.nan
     return out
 
@@ -576,7 +589,7 @@ def read_v1_folders(root: str | os.PathLike[str], *, flags: V1Flags | None = Non
             "id": name, "labels": list(labels), "source": "v1-folders",
             "s2": _s2_from_bands(_read_band_folder(folder, S2_BANDS, "S2 patch folder"),
                                  f"S2 patch {name}"),
-            "s1": _s1_from_bands(s1), "cloudy": name in flags.cloudy,
+            "s1": _s1_from_bands(s1, f"S1 patch of {name}"), "cloudy": name in flags.cloudy,
             "snowy": name in flags.snowy})
     return _assemble(records, snow_as_cloud)
 
@@ -626,6 +639,22 @@ class _ArrayStub:
         self.array = arr.reshape(tuple(int(s) for s in shape), order="F" if fortran else "C")
 
 
+class _FrombufferStub(_ArrayStub):
+    """numpy's protocol-5 reduction ``_frombuffer(buffer, dtype, shape, order)`` with the
+    buffer in band: the array is rebuilt from the raw bytes, nothing is called."""
+
+    def __init__(self, buf: Any = None, dtype: Any = None, shape: Any = None,
+                 order: Any = "C", *args: Any) -> None:
+        if not isinstance(dtype, _DtypeStub) or not isinstance(buf, (bytes, bytearray)) or \
+                not isinstance(shape, tuple) or order not in ("C", "F"):
+            raise pickle.UnpicklingError("protocol-5 ndarray data is not plain bytes")
+        arr = np.frombuffer(bytes(buf), dtype=dtype.dtype())
+        self.array = arr.reshape(tuple(int(x) for x in shape), order=order)
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("unexpected state for a protocol-5 ndarray")
+
+
 class _DtypeStub:
     """numpy.dtype(code, align, copy) + its BUILD state, for plain numeric codes only."""
 
@@ -655,6 +684,8 @@ class _InertUnpickler(pickle.Unpickler):
         if name == "_reconstruct" and module in ("numpy.core.multiarray",
                                                  "numpy._core.multiarray"):
             return _ArrayStub
+        if name == "_frombuffer" and module in ("numpy.core.numeric", "numpy._core.numeric"):
+            return _FrombufferStub
         if module == "numpy" and name == "ndarray":
             return _Inert
         if module == "numpy" and name == "dtype":
@@ -665,21 +696,23 @@ class _InertUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
-def _walk(obj: Any, seen: set[int] | None = None) -> Iterable[Any]:
-    """Every object reachable from ``obj`` through inert states, dicts, lists and tuples."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    yield obj
-    if isinstance(obj, _Inert):
-        yield from _walk(obj.state, seen)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _walk(v, seen)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for v in obj:
-            yield from _walk(v, seen)
+def _walk(obj: Any) -> Iterable[Any]:
+    """Every object reachable from ``obj`` through inert states, dicts, lists and tuples
+    (iteratively: a hostile, deeply nested pickle cannot exhaust the recursion limit)."""
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        if isinstance(item, _Inert):
+            stack.append(item.state)
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(reversed(list(item)))
 
 
 def decode_v1_pickle(data: bytes) -> dict[str, Any]:
@@ -696,12 +729,13 @@ def decode_v1_pickle(data: bytes) -> dict[str, Any]:
     Traceback (most recent call last):
     geoflow.errors.ModelError: ...
     """
+    hint = ("geoflow reads only pickles of plain numpy arrays (pickle protocols 3-5, buffers "
+            "in band); convert the LMDB to GeoTIFF folders or reBEN")
     try:
         top = _InertUnpickler(io.BytesIO(data)).load()
-    except Exception as err:  # any malformed or hostile stream: one clear error
-        raise ModelError(f"a BigEarthNet v1 LMDB value cannot be decoded safely ({err})",
-                         hint="geoflow reads only pickles of plain numpy arrays; convert the "
-                              "LMDB to GeoTIFF folders or reBEN") from None
+    except Exception as err:  # any malformed or hostile stream (too deep too): one clear error
+        raise ModelError(f"a BigEarthNet v1 LMDB value cannot be decoded safely "
+                         f"({type(err).__name__}: {str(err)[:120]})", hint=hint) from None
     bands: dict[str, np.ndarray] = {}
     labels: list[str] | None = None
     for obj in _walk(top):
@@ -746,10 +780,12 @@ def read_v1_lmdb(path: str | os.PathLike[str], *, flags: V1Flags | None = None,
                 name = key.decode("utf-8", "replace")
                 patch = decode_v1_pickle(bytes(value))
                 bands = patch["bands"]
-                s1 = {"VV": bands["VV"], "VH": bands["VH"]} if "VV" in bands else None
+                s1 = ({k: bands[k] for k in ("VV", "VH") if k in bands}
+                      if "VV" in bands or "VH" in bands else None)
                 records.append({"id": name, "labels": patch["labels"], "source": "v1-lmdb",
                                 "s2": _s2_from_bands(bands, f"v1 LMDB patch {name}"),
-                                "s1": _s1_from_bands(s1), "cloudy": name in flags.cloudy,
+                                "s1": _s1_from_bands(s1, f"v1 LMDB patch {name}"),
+                                "cloudy": name in flags.cloudy,
                                 "snowy": name in flags.snowy})
     finally:
         env.close()
@@ -811,7 +847,7 @@ def read_reben(lmdb_path: str | os.PathLike[str],
                 name = str(row.patch_id)
                 records.append({"id": name, "labels": list(row.labels), "source": "reben",
                                 "s2": _s2_from_bands(s2, f"reBEN patch {name}"),
-                                "s1": _s1_from_bands(s1),
+                                "s1": _s1_from_bands(s1, f"reBEN S1 patch {row.s1_name}"),
                                 "cloudy": bool(row.contains_cloud_or_shadow),
                                 "snowy": bool(row.contains_seasonal_snow)})
     finally:

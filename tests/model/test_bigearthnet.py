@@ -144,6 +144,37 @@ def test_v1_pickles_are_decoded_without_running_anything(ben_root: Path,
     with pytest.raises(ModelError, match="no bands"):
         decode_v1_pickle(pickle.dumps({"x": Evil()}))
     assert not marker.exists()
+
+
+def test_s1_bands_missing_or_wrong_size_are_clear_errors() -> None:
+    from geoflow.model.bigearthnet import _s1_from_bands
+
+    vv = np.full((120, 120), -12.0, np.float32)
+    assert _s1_from_bands({"VV": vv, "VH": vv - 6})[1, 0, 0] == -18.0
+    assert np.isnan(_s1_from_bands(None)).all()
+    with pytest.raises(ModelError, match="patch p has no VH band"):
+        _s1_from_bands({"VV": vv}, "patch p")
+    with pytest.raises(ModelError, match="VH band is 60x60 px"):
+        _s1_from_bands({"VV": vv, "VH": vv[:60, :60]}, "patch p")
+
+
+def test_v1_pickle_decoding_of_protocol_5_and_deep_nesting() -> None:
+    band = np.arange(6, dtype=np.uint16).reshape(2, 3)
+    value = {"labels": ["Pastures"], "bands": [{"name": "B2", "data": band}]}
+    for protocol in (3, 5):  # protocol 5 reduces arrays through numpy's _frombuffer
+        patch = decode_v1_pickle(pickle.dumps(value, protocol=protocol))
+        np.testing.assert_array_equal(patch["bands"]["B02"], band)
+        assert patch["labels"] == ["Pastures"]
+    # out-of-band buffers cannot be read from an LMDB value: a clear error, not a traceback
+    oob = pickle.dumps(value, protocol=5, buffer_callback=lambda b: False)
+    with pytest.raises(ModelError, match="cannot be decoded safely"):
+        decode_v1_pickle(oob)
+    # 200,000 nested lists (built by opcodes, the unpickler itself does not recurse): walking
+    # them must not raise RecursionError
+    depth = 200_000
+    deep = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+    with pytest.raises(ModelError, match="no bands or no labels"):
+        decode_v1_pickle(deep)
     with pytest.raises(ModelError, match="cannot be decoded safely"):
         decode_v1_pickle(b"\x80\x04garbage")
     # an object dtype inside an "array" is refused, never materialised
