@@ -51,6 +51,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import warnings
 import zipfile
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -288,6 +289,10 @@ class BenPatches:
         bool (N,): the dataset's own per-patch flags.
     source
         Which layout each patch came from (``v1-folders``, ``v1-lmdb``, ``reben``).
+    conditions_known
+        False when v1 patches were read without BigEarthNet's cloud/snow lists: ``cloudy`` and
+        ``snowy`` are then all False because nothing is known, not because the patches are
+        clear.
     """
 
     s2: np.ndarray
@@ -300,6 +305,7 @@ class BenPatches:
     cloudy: np.ndarray
     snowy: np.ndarray
     source: list[str] = field(default_factory=list)
+    conditions_known: bool = True
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -315,7 +321,7 @@ class BenPatches:
         return BenPatches(self.s2[ix], self.s1[ix], self.cloud[ix], self.snow[ix],
                           [self.labels[i] for i in ix], [self.ids[i] for i in ix],
                           [self.groups[i] for i in ix], self.cloudy[ix], self.snowy[ix],
-                          [self.source[i] for i in ix])
+                          [self.source[i] for i in ix], self.conditions_known)
 
     @staticmethod
     def concat(parts: Sequence[BenPatches]) -> BenPatches:
@@ -328,7 +334,8 @@ class BenPatches:
             np.concatenate([p.cloud for p in parts]), np.concatenate([p.snow for p in parts]),
             [x for p in parts for x in p.labels], [x for p in parts for x in p.ids],
             [x for p in parts for x in p.groups], np.concatenate([p.cloudy for p in parts]),
-            np.concatenate([p.snowy for p in parts]), [x for p in parts for x in p.source])
+            np.concatenate([p.snowy for p in parts]), [x for p in parts for x in p.source],
+            all(p.conditions_known for p in parts))
 
     def condition(self) -> np.ndarray:
         """Per patch ``"snowy"``, ``"cloudy"`` or ``"clear"`` (snow first: it is the rarer flag)."""
@@ -451,7 +458,8 @@ def _group_of(name: str) -> str:
     return f"{m.group(1)}_{m.group(2)}" if m else re.sub(r"_\d+_\d+$", "", name)
 
 
-def _assemble(records: list[dict[str, Any]], snow_as_cloud: bool | None) -> BenPatches:
+def _assemble(records: list[dict[str, Any]], snow_as_cloud: bool | None,
+              conditions_known: bool = True) -> BenPatches:
     if not records:
         return BenPatches(np.empty((0, 10, PATCH_PX, PATCH_PX), np.float32),
                           np.empty((0, 2, PATCH_PX, PATCH_PX), np.float32),
@@ -473,7 +481,7 @@ def _assemble(records: list[dict[str, Any]], snow_as_cloud: bool | None) -> BenP
         ids=[r["id"] for r in records], groups=[_group_of(r["id"]) for r in records],
         cloudy=np.array([r["cloudy"] for r in records], bool),
         snowy=np.array([r["snowy"] for r in records], bool),
-        source=[r["source"] for r in records])
+        source=[r["source"] for r in records], conditions_known=conditions_known)
 
 
 # --------------------------------------------------------------------------- v1 flags
@@ -562,7 +570,7 @@ def read_v1_folders(root: str | os.PathLike[str], *, flags: V1Flags | None = Non
     if not root.is_dir():
         raise ModelError(f"BigEarthNet folder {root} does not exist",
                          hint="pass the folder that holds the extracted patch folders")
-    flags = flags or _NO_FLAGS
+    known, flags = flags is not None, flags or _NO_FLAGS
     s2_dirs: dict[str, Path] = {}
     s1_dirs: dict[str, Path] = {}
     for meta in sorted(list(root.glob("*/*_labels_metadata.json"))
@@ -591,7 +599,7 @@ def read_v1_folders(root: str | os.PathLike[str], *, flags: V1Flags | None = Non
                                  f"S2 patch {name}"),
             "s1": _s1_from_bands(s1, f"S1 patch of {name}"), "cloudy": name in flags.cloudy,
             "snowy": name in flags.snowy})
-    return _assemble(records, snow_as_cloud)
+    return _assemble(records, snow_as_cloud, conditions_known=known)
 
 
 # --------------------------------------------------------------------------- LMDB
@@ -771,7 +779,7 @@ def read_v1_lmdb(path: str | os.PathLike[str], *, flags: V1Flags | None = None,
     >>> p = read_v1_lmdb("BENv1/BigEarthNetEncoded.lmdb")  # doctest: +SKIP
     """
     path = Path(path)
-    flags = flags or _NO_FLAGS
+    known, flags = flags is not None, flags or _NO_FLAGS
     env = _open_lmdb(path)
     records = []
     try:
@@ -789,7 +797,7 @@ def read_v1_lmdb(path: str | os.PathLike[str], *, flags: V1Flags | None = None,
                                 "snowy": name in flags.snowy})
     finally:
         env.close()
-    return _assemble(records, snow_as_cloud)
+    return _assemble(records, snow_as_cloud, conditions_known=known)
 
 
 def read_reben(lmdb_path: str | os.PathLike[str],
@@ -1085,17 +1093,27 @@ def open_sets(spec: str = "bigearthnet", *, cache: str | os.PathLike[str] | None
             read_reben(ben / "BENv2" / "BigEarthNet-V2-LMDB", snow_as_cloud=snow_as_cloud)])
         held = read_v1_folders(common, flags=flags, snow_as_cloud=snow_as_cloud)
         return {"dev": dev, "heldout": held}
-    return {"data": read_path(path, snow_as_cloud=snow_as_cloud)}
+    return {"data": read_path(path, snow_as_cloud=snow_as_cloud, cache=cache)}
 
 
-def _user_flags() -> V1Flags:
-    """The v1 cloud/snow lists if they were fetched already (never downloads for a user path)."""
-    common = cache_dir() / f"bigearthnet_common-{WHEELS['bigearthnet_common'][0]}"
-    return V1Flags.read(common) if (common / ".complete").is_file() else _NO_FLAGS
+def _user_flags(cache: str | os.PathLike[str] | None = None) -> V1Flags | None:
+    """The v1 cloud/snow lists if they were fetched already into ``cache`` (default
+    :func:`cache_dir`; never downloads for a user path); ``None`` with a warning if not."""
+    root = Path(cache) if cache is not None else cache_dir()
+    common = root / f"bigearthnet_common-{WHEELS['bigearthnet_common'][0]}"
+    if (common / ".complete").is_file():
+        return V1Flags.read(common)
+    warnings.warn(f"BigEarthNet v1 cloud/snow lists are not in {root}: the conditions of these "
+                  "v1 patches are unknown (reported as such, counted with the clear ones); run "
+                  "`geoflow evaluate --real bigearthnet` once (it fetches them) to know them",
+                  UserWarning, stacklevel=3)
+    return None
 
 
-def read_path(path: str | os.PathLike[str], *, snow_as_cloud: bool | None = None) -> BenPatches:
-    """Read a BigEarthNet dataset at ``path``, whichever of the three layouts it is.
+def read_path(path: str | os.PathLike[str], *, snow_as_cloud: bool | None = None,
+              cache: str | os.PathLike[str] | None = None) -> BenPatches:
+    """Read a BigEarthNet dataset at ``path``, whichever of the three layouts it is (v1 layouts
+    take their cloud/snow lists from the samples cache ``cache``, if fetched there).
 
     Examples
     --------
@@ -1111,12 +1129,12 @@ def read_path(path: str | os.PathLike[str], *, snow_as_cloud: bool | None = None
         if lmdbs and any(p.glob("*.parquet")):
             return read_reben(lmdbs[0], snow_as_cloud=snow_as_cloud)
         if lmdbs:
-            return read_v1_lmdb(lmdbs[0], flags=_user_flags(), snow_as_cloud=snow_as_cloud)
-        return read_v1_folders(p, flags=_user_flags(), snow_as_cloud=snow_as_cloud)
+            return read_v1_lmdb(lmdbs[0], flags=_user_flags(cache), snow_as_cloud=snow_as_cloud)
+        return read_v1_folders(p, flags=_user_flags(cache), snow_as_cloud=snow_as_cloud)
     if (p / "data.mdb").is_file():
         if any(p.parent.glob("*.parquet")):
             return read_reben(p, snow_as_cloud=snow_as_cloud)
-        return read_v1_lmdb(p, flags=_user_flags(), snow_as_cloud=snow_as_cloud)
+        return read_v1_lmdb(p, flags=_user_flags(cache), snow_as_cloud=snow_as_cloud)
     raise ModelError(f"{p} is not a BigEarthNet dataset folder",
                      hint="pass a v1 folder tree, a reBEN LMDB folder or a v1 LMDB folder")
 

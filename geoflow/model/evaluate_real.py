@@ -193,6 +193,7 @@ def _evaluate_set(model: Any, patches: BenPatches, batch_size: int) -> dict[str,
     return {
         "patches": n, "windows": len(patch),
         "conditions": {c: int((cond_p == c).sum()) for c in CONDITIONS[1:]},
+        "conditions_known": bool(patches.conditions_known),
         "groups": len(set(patches.groups)),
         "fit": {"student": student["rows"], "student_no_sar": student_ns["rows"],
                 "ndwi_rule": rule["rows"]},
@@ -295,7 +296,9 @@ def format_real(report: dict[str, Any], sets: Sequence[str] | None = None) -> st
         cond = s["conditions"]
         lines += ["", f"[{name}] {s['patches']} patches ({cond['clear']} clear, "
                   f"{cond['cloudy']} cloudy, {cond['snowy']} snowy) from {s['groups']} "
-                  f"acquisitions, {s['windows']} windows",
+                  f"acquisitions, {s['windows']} windows"
+                  + ("" if s.get("conditions_known", True) else
+                     "; conditions UNKNOWN (no v1 cloud/snow lists): all counted clear"),
                   f"{'fit %':<16}" + " ".join(f"{'win ' + c:>11}" for c in CONDITIONS)
                   + "  " + " ".join(f"{'patch ' + c:>12}" for c in CONDITIONS)]
         for model, label in (("student", "student"), ("student_no_sar", "student no SAR"),

@@ -20,6 +20,7 @@ from geoflow.model.bigearthnet import (
     LABEL_TABLE,
     V1_TO_19,
     WHEELS,
+    BenPatches,
     BigEarthNetDataset,
     allowed_classes,
     allowed_mask,
@@ -119,6 +120,19 @@ def test_read_path_recognises_each_layout(ben_root: Path) -> None:
         read_path(ben_root / "nope")
     with pytest.raises(ModelError, match="unknown real dataset"):
         open_sets("eurosat:/x")
+
+
+def test_v1_conditions_come_from_the_given_cache_or_are_unknown(ben_root: Path,
+                                                               tmp_path: Path) -> None:
+    common = ben_root / f"bigearthnet_common-{WHEELS['bigearthnet_common'][0]}"
+    known = read_path(common, cache=ben_root)
+    assert known.conditions_known and known.snowy.sum() == 1
+    with pytest.warns(UserWarning, match="conditions of these v1 patches are unknown"):
+        unknown = read_path(common, cache=tmp_path)  # lists not fetched into this cache
+    assert not unknown.conditions_known and not unknown.snowy.any()
+    assert not BenPatches.concat([known, unknown]).conditions_known
+    reben = read_path(ben_root / "configilm-0.7.1" / "BENv2", cache=tmp_path)  # own flags
+    assert reben.conditions_known
 
 
 def test_v1_pickles_are_decoded_without_running_anything(ben_root: Path,
