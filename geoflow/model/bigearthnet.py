@@ -342,14 +342,6 @@ class BenPatches:
         return np.where(self.snowy, "snowy", np.where(self.cloudy, "cloudy", "clear"))
 
 
-def snow_counts_as_cloud() -> bool:
-    """Whether geoflow treats SCL 11 (snow/ice) like cloud for the optical view (it then enters
-    the cloud mask given to the model, as the cube's SCL mask would put it)."""
-    from geoflow.sentinel import HIDDEN_SCL, SNOW_SCL
-
-    return set(SNOW_SCL) <= set(HIDDEN_SCL)
-
-
 def estimate_masks(s2: np.ndarray, *, cloudy: bool, snowy: bool
                    ) -> tuple[np.ndarray, np.ndarray]:
     """Estimate per-pixel cloud (+ shadow) and snow in a patch the dataset flags as cloudy/snowy.
@@ -458,7 +450,7 @@ def _group_of(name: str) -> str:
     return f"{m.group(1)}_{m.group(2)}" if m else re.sub(r"_\d+_\d+$", "", name)
 
 
-def _assemble(records: list[dict[str, Any]], snow_as_cloud: bool | None,
+def _assemble(records: list[dict[str, Any]], snow_as_cloud: bool,
               conditions_known: bool = True) -> BenPatches:
     if not records:
         return BenPatches(np.empty((0, 10, PATCH_PX, PATCH_PX), np.float32),
@@ -466,11 +458,10 @@ def _assemble(records: list[dict[str, Any]], snow_as_cloud: bool | None,
                           np.empty((0, PATCH_PX, PATCH_PX), np.float32),
                           np.empty((0, PATCH_PX, PATCH_PX), np.float32),
                           [], [], [], np.zeros(0, bool), np.zeros(0, bool), [])
-    snow_cloud = snow_counts_as_cloud() if snow_as_cloud is None else bool(snow_as_cloud)
     clouds, snows = [], []
     for r in records:
         cloud, snow = estimate_masks(r["s2"], cloudy=r["cloudy"], snowy=r["snowy"])
-        if snow_cloud:
+        if snow_as_cloud:  # as the cube's SCL mask hides snow (geoflow.sentinel.HIDDEN_SCL)
             cloud = np.maximum(cloud, snow)
         clouds.append(cloud)
         snows.append(snow)
@@ -543,7 +534,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_v1_folders(root: str | os.PathLike[str], *, flags: V1Flags | None = None,
-                    snow_as_cloud: bool | None = None) -> BenPatches:
+                    snow_as_cloud: bool = True) -> BenPatches:
     """Read a BigEarthNet v1 folder tree: S2 patch folders and, where present, S1 ones.
 
     Parameters
@@ -556,7 +547,8 @@ def read_v1_folders(root: str | os.PathLike[str], *, flags: V1Flags | None = Non
     flags
         The cloud/snow lists (default: none flagged).
     snow_as_cloud
-        Put estimated snow into the cloud mask; default: as geoflow's SCL convention says.
+        Put estimated snow into the cloud mask (default: yes, as geoflow's SCL mask hides
+        snow, :data:`geoflow.sentinel.HIDDEN_SCL`).
 
     Returns
     -------
@@ -771,7 +763,7 @@ def _band_name(name: str) -> str:
 
 
 def read_v1_lmdb(path: str | os.PathLike[str], *, flags: V1Flags | None = None,
-                 snow_as_cloud: bool | None = None) -> BenPatches:
+                 snow_as_cloud: bool = True) -> BenPatches:
     """Read a BigEarthNet v1 LMDB (pickled patches; decoded by :func:`decode_v1_pickle`).
 
     Examples
@@ -802,7 +794,7 @@ def read_v1_lmdb(path: str | os.PathLike[str], *, flags: V1Flags | None = None,
 
 def read_reben(lmdb_path: str | os.PathLike[str],
                metadata: Sequence[str | os.PathLike[str]] | None = None, *,
-               snow_as_cloud: bool | None = None) -> BenPatches:
+               snow_as_cloud: bool = True) -> BenPatches:
     """Read reBEN (BigEarthNet v2): an LMDB of safetensors and its metadata parquet file(s).
 
     Parameters
@@ -1057,7 +1049,7 @@ def _extract_tar(tarball: Path, dest: Path, what: str) -> None:
 
 
 def open_sets(spec: str = "bigearthnet", *, cache: str | os.PathLike[str] | None = None,
-              snow_as_cloud: bool | None = None) -> dict[str, BenPatches]:
+              snow_as_cloud: bool = True) -> dict[str, BenPatches]:
     """Open BigEarthNet patches named by a spec, as named sets.
 
     Parameters
@@ -1110,7 +1102,7 @@ def _user_flags(cache: str | os.PathLike[str] | None = None) -> V1Flags | None:
     return None
 
 
-def read_path(path: str | os.PathLike[str], *, snow_as_cloud: bool | None = None,
+def read_path(path: str | os.PathLike[str], *, snow_as_cloud: bool = True,
               cache: str | os.PathLike[str] | None = None) -> BenPatches:
     """Read a BigEarthNet dataset at ``path``, whichever of the three layouts it is (v1 layouts
     take their cloud/snow lists from the samples cache ``cache``, if fetched there).
