@@ -24,7 +24,7 @@ from typing import Any
 
 import typer
 
-from geoflow.errors import GeoflowError, strip_secrets
+from geoflow.errors import GeoflowError, RequestError, strip_secrets
 from geoflow.retry import short_error
 
 app = typer.Typer(
@@ -313,8 +313,20 @@ def search_cmd(
 # --------------------------------------------------------------------------- model
 
 
+def _given(ctx: typer.Context, names: dict[str, str]) -> list[str]:
+    """The flags among ``names`` (parameter -> flag) that the user set, not defaulted."""
+    given = []
+    for name, flag in names.items():
+        source = ctx.get_parameter_source(name)
+        # by name: typer's click and an installed click may be different modules
+        if source is not None and source.name != "DEFAULT":
+            given.append(flag)
+    return given
+
+
 @app.command("train")
 def train_cmd(
+    ctx: typer.Context,
     out: Path = typer.Option(..., "--out", help="Directory for the stage checkpoints."),
     size: str = typer.Option("demo", help="Dataset preset: demo, small or tiny."),
     epochs: int | None = typer.Option(None, help="Epochs for every stage (default: preset's)."),
@@ -335,6 +347,14 @@ def train_cmd(
     """Train all stages (source, F1 auxiliaries, F2 students); resume an interrupted run.
     With --finetune: adapt a student to real patches, tested on groups it did not see."""
     if finetune is not None:
+        ignored = _given(ctx, {"size": "--size", "patch_size": "--patch-size",
+                               "width": "--width"})
+        if ignored:
+            raise RequestError(f"{', '.join(ignored)} cannot be used with --finetune",
+                               hint="fine-tuning keeps the start checkpoint's architecture and "
+                                    "patch size and reads the data given to --finetune; drop "
+                                    f"{', '.join(ignored)} (or train from scratch without "
+                                    "--finetune)")
         from geoflow.model.finetune import FinetuneConfig
         from geoflow.model.finetune import finetune as run_finetune
 
@@ -370,6 +390,7 @@ def train_cmd(
 
 @app.command("evaluate")
 def evaluate_cmd(
+    ctx: typer.Context,
     model: Path | None = typer.Option(None, "--model",
                                       help="Student checkpoint or train --out directory "
                                       "(default: shipped demo weights)."),
@@ -386,6 +407,12 @@ def evaluate_cmd(
     """Evaluate source-only, auxiliaries, uniform and IRM students on a held-out area, or
     (--real) the student on real BigEarthNet patches."""
     if real is not None:
+        ignored = _given(ctx, {"seed": "--seed", "n": "--n"})
+        if ignored:
+            raise RequestError(f"{', '.join(ignored)} cannot be used with --real",
+                               hint="--real evaluates every patch of the real dataset; --seed "
+                                    "and --n choose the synthetic test area: drop "
+                                    f"{', '.join(ignored)}")
         from geoflow.model.evaluate_real import evaluate_real, format_real
 
         real_report = evaluate_real(real, model, device=device)
@@ -545,7 +572,7 @@ def reprocess_cmd(
     skips finished maps and resumes the others; exit 1 if any map failed.
     """
     from geoflow._progress import RunProgress
-    from geoflow.errors import RequestError, RunFailedError
+    from geoflow.errors import RunFailedError
     from geoflow.reprocess import reprocess, reprocess_catalog
 
     # A catalog is a local .json (named catalog.json, or a STAC Catalog); a store never is.

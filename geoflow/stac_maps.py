@@ -125,15 +125,19 @@ def _period(attrs: Mapping[str, Any], times: pd.DatetimeIndex) -> tuple[_dt.date
 def _classes(attrs: Mapping[str, Any]) -> list[Classification]:
     colors = list(attrs.get("class_colors") or [])
     out = []
-    used: set[str] = set()
+    used: set[str] = {"no_data"}  # the nodata entry's name
     for value, title in enumerate(attrs.get("classes") or []):
         color = colors[value].lstrip("#") if value < len(colors) else None
         # The extension's name is an identifier (^[0-9A-Za-z-_]+$); the label goes in title.
         # Any class scheme: names like "Moors, heathland and ..." become identifiers, and two
-        # that would collide once cleaned get their value appended.
-        name = re.sub(r"[^0-9A-Za-z_-]+", "_", str(title)).strip("_") or f"class_{value}"
-        if name in used:
-            name = f"{name}_{value}"
+        # that would collide once cleaned get their value appended (then a counter, until the
+        # name is unused: ["a", "a_2", "a?"] -> a, a_2, a_2_2).
+        base = re.sub(r"[^0-9A-Za-z_-]+", "_", str(title)).strip("_") or f"class_{value}"
+        name = base if base not in used else f"{base}_{value}"
+        extra = 2
+        while name in used:
+            name = f"{base}_{value}_{extra}"
+            extra += 1
         used.add(name)
         out.append(Classification.create(value=value, name=name, title=str(title),
                                          color_hint=color))

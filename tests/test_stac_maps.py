@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import socket
 from pathlib import Path
 
@@ -159,3 +160,15 @@ def test_item_of_a_store_on_object_storage(tmp_path):
     item = pystac.Item.from_dict(json.loads(fsspec.open(where).open().read()))
     assert item.assets["zarr"].href == url
     assert validate_offline(item)[CORE]
+
+
+def test_class_names_stay_unique_whatever_the_titles() -> None:
+    from geoflow.stac_maps import _classes
+
+    titles = ["a", "a_2", "a?", "a!", "no data", "", "?"]
+    out = _classes({"classes": titles})
+    names = [c.name for c in out]
+    assert len(set(names)) == len(names) == len(titles) + 1
+    assert names[:3] == ["a", "a_2", "a_2_2"]
+    assert [c.title for c in out[:-1]] == titles  # the labels are kept as titles
+    assert all(re.fullmatch(r"[0-9A-Za-z_-]+", n) for n in names)

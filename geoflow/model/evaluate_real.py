@@ -73,9 +73,18 @@ def ndwi_rule(s2: np.ndarray) -> np.ndarray:
     return np.where(ndwi > 0, "Water", "Dense Forest")
 
 
-def _majority(pred: np.ndarray, patch: np.ndarray, n_patches: int, k: int,
-              probs: np.ndarray | None = None) -> np.ndarray:
-    """(n_patches,) majority class index per patch; ties go to the higher summed probability."""
+def patch_majority(pred: np.ndarray, patch: np.ndarray, n_patches: int, k: int,
+                   probs: np.ndarray | None = None) -> np.ndarray:
+    """(n_patches,) majority class index per patch; ties go to the higher summed probability
+    (``probs`` (M, K); without it, to the lower class index). Fine-tuning's fit rates use it too.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> probs = np.array([[0.9, 0.1], [0.4, 0.6]])
+    >>> patch_majority(np.array([0, 1]), np.array([0, 0]), 1, 2, probs).tolist()
+    [0]
+    """
     counts = np.zeros((n_patches, k))
     np.add.at(counts, (patch, pred), 1.0)
     if probs is not None:
@@ -101,7 +110,7 @@ def _score(pred: np.ndarray, allowed: np.ndarray, patch: np.ndarray, cond_w: np.
            cond_p: np.ndarray, probs: np.ndarray | None = None) -> dict[str, Any]:
     n, k = allowed.shape
     fit_w = allowed[patch, pred]
-    major = _majority(pred, patch, n, k, probs)
+    major = patch_majority(pred, patch, n, k, probs)
     fit_p = allowed[np.arange(n), major]
     return {"rows": _fit_rows(fit_w, fit_p, cond_w, cond_p), "fit_w": fit_w, "fit_p": fit_p,
             "major": major}
@@ -184,9 +193,11 @@ def _evaluate_set(model: Any, patches: BenPatches, batch_size: int) -> dict[str,
     return {
         "patches": n, "windows": len(patch),
         "conditions": {c: int((cond_p == c).sum()) for c in CONDITIONS[1:]},
+        "conditions_known": bool(patches.conditions_known),
         "groups": len(set(patches.groups)),
         "fit": {"student": student["rows"], "student_no_sar": student_ns["rows"],
                 "ndwi_rule": rule["rows"]},
+        "no_class_patches": int((~allowed.any(axis=1)).sum()),
         "families": fams, "sar_weight": sar_w, "predictions": dist, "targets": targets,
         "per_patch": per_patch,
     }
@@ -232,13 +243,39 @@ def evaluate_real(spec: str = "bigearthnet", model: str | os.PathLike[str] | Non
 
     loaded = load(resolve_model(model), device=device)
     data = sets if sets is not None else open_sets(spec, cache=cache)
+    out = {name: _evaluate_set(loaded, p, batch_size) for name, p in data.items()}
+    if "dev" in data and "heldout" in data:
+        out["heldout"]["by_acquisition"] = _split_by_acquisition(
+            loaded, data["dev"], data["heldout"], batch_size)
     return {
         "spec": spec,
         "model": {"checkpoint": str(loaded.path), "version": loaded.version,
                   "stage": loaded.stage, "classes": list(loaded.classes),
                   "patch_size": loaded.patch_size},
-        "sets": {name: _evaluate_set(loaded, p, batch_size) for name, p in data.items()},
+        "sets": out,
     }
+
+
+def _split_by_acquisition(model: Any, dev: BenPatches, held: BenPatches, batch_size: int
+                          ) -> dict[str, dict[str, Any]]:
+    """The held-out figures split by whether a patch shares an acquisition (satellite and date,
+    :attr:`BenPatches.groups`) with a dev patch: such a pair is another area of the same
+    overpass (same atmosphere, season and sensor state), so it is less independent of dev than
+    one from another date. No pixel is shared either way."""
+    dev_groups = set(dev.groups)
+    shared = [i for i, g in enumerate(held.groups) if g in dev_groups]
+    parts = {"shares_acquisition_with_dev": shared,
+             "no_shared_acquisition": [i for i in range(len(held)) if i not in shared]}
+    out: dict[str, dict[str, Any]] = {}
+    for key, ix in parts.items():
+        sub = held.subset(ix)
+        entry: dict[str, Any] = {"patches": len(ix), "ids": list(sub.ids),
+                                 "acquisitions": sorted(set(sub.groups))}
+        if ix:
+            r = _evaluate_set(model, sub, batch_size)
+            entry.update(windows=r["windows"], fit=r["fit"], targets=r["targets"])
+        out[key] = entry
+    return out
 
 
 def _pct(v: float | None, width: int = 6) -> str:
@@ -259,7 +296,9 @@ def format_real(report: dict[str, Any], sets: Sequence[str] | None = None) -> st
         cond = s["conditions"]
         lines += ["", f"[{name}] {s['patches']} patches ({cond['clear']} clear, "
                   f"{cond['cloudy']} cloudy, {cond['snowy']} snowy) from {s['groups']} "
-                  f"acquisitions, {s['windows']} windows",
+                  f"acquisitions, {s['windows']} windows"
+                  + ("" if s.get("conditions_known", True) else
+                     "; conditions UNKNOWN (no v1 cloud/snow lists): all counted clear"),
                   f"{'fit %':<16}" + " ".join(f"{'win ' + c:>11}" for c in CONDITIONS)
                   + "  " + " ".join(f"{'patch ' + c:>12}" for c in CONDITIONS)]
         for model, label in (("student", "student"), ("student_no_sar", "student no SAR"),
@@ -295,10 +334,35 @@ def format_real(report: dict[str, Any], sets: Sequence[str] | None = None) -> st
             r = t["sea_water"]
             lines.append(f"  sea patches Water by majority: {r['water']}/{r['patches']} "
                          f"(target all)  {'met' if r['met'] else 'NOT MET'}")
+        for key, label in (("shares_acquisition_with_dev", "shares an acquisition with dev"),
+                           ("no_shared_acquisition", "no acquisition shared with dev")):
+            part = s.get("by_acquisition", {}).get(key)
+            if part is None:
+                continue
+            if not part["patches"]:
+                lines.append(f"  {label}: no patch")
+                continue
+            fit = part["fit"]["student"]
+            lines.append(
+                f"  {label} ({part['patches']} patches, {', '.join(part['acquisitions'])}): "
+                f"student windows {_pct(fit['all']['window_fit'], 0)}, clear windows "
+                f"{_pct(fit['clear']['window_fit'], 0)} (NDWI rule "
+                f"{_pct(part['fit']['ndwi_rule']['clear']['window_fit'], 0)}), patches "
+                f"{_pct(fit['all']['patch_fit'], 0)}")
+            t = part["targets"]
+            if "clear_fit_vs_ndwi" in t:
+                r = t["clear_fit_vs_ndwi"]
+                lines.append(f"    clear window fit vs NDWI: {r['margin_points']:+.1f} points "
+                             f"(target >= +5)  {'met' if r['met'] else 'NOT MET'}")
+            if "snow_not_industrial" in t:
+                r = t["snow_not_industrial"]
+                lines.append(f"    snowy windows Industrial: {r['industrial']}/{r['windows']} "
+                             f"(target 0)  {'met' if r['met'] else 'NOT MET'}")
         shown = sorted(s["predictions"].items(), key=lambda kv: -kv[1])
         lines.append("predictions: " + ", ".join(f"{c} {100 * v:.0f} %" for c, v in shown
                                                  if v > 0))
     return "\n".join(lines)
 
 
-__all__ = ["BUILT_UP", "CONDITIONS", "evaluate_real", "format_real", "ndwi_rule"]
+__all__ = ["BUILT_UP", "CONDITIONS", "evaluate_real", "format_real", "ndwi_rule",
+           "patch_majority"]

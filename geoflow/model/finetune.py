@@ -45,7 +45,7 @@ import json
 import math
 import os
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, cast
 
@@ -130,6 +130,9 @@ class LabelledPatches:
         Split key (acquisition or tile) and name of each patch.
     clear
         (N,) bool: patch flagged neither cloudy nor snowy.
+    dropped
+        Patches left out because none of their labels has a class in the scheme (e.g. only
+        labels BigEarthNet's 19 classes drop): they would only add a constant to the loss.
     """
 
     s2: np.ndarray
@@ -139,6 +142,7 @@ class LabelledPatches:
     groups: list[str]
     ids: list[str]
     clear: np.ndarray
+    dropped: list[str] = field(default_factory=list)
 
     def __len__(self) -> int:
         return len(self.ids)
@@ -152,7 +156,7 @@ class LabelledPatches:
         """The patches at ``index``."""
         return LabelledPatches(self.s2[index], self.s1[index], self.cloud[index],
                                self.label_sets[index], [self.groups[i] for i in index],
-                               [self.ids[i] for i in index], self.clear[index])
+                               [self.ids[i] for i in index], self.clear[index], self.dropped)
 
 
 def _from_bigearthnet(spec: str, classes: tuple[str, ...],
@@ -166,8 +170,17 @@ def _from_bigearthnet(spec: str, classes: tuple[str, ...],
     label_sets = np.zeros((len(p), most, len(classes)), bool)
     for i, labels in enumerate(p.labels):
         label_sets[i, :len(labels)] = allowed_mask([[label] for label in labels], classes)
-    return LabelledPatches(p.s2, p.s1, p.cloud, label_sets, list(p.groups), list(p.ids),
-                           p.condition() == "clear")
+    keep = label_sets.any(axis=(1, 2))
+    if not keep.any():
+        raise ModelError(f"none of the {len(p)} patches has a label with a class in the scheme "
+                         f"({', '.join(classes[:4])}, ...)",
+                         hint="fine-tune with classes that the labels map to (the model's own, "
+                              "or 'ben19' for BigEarthNet's 19 classes)")
+    ix = np.flatnonzero(keep)
+    return LabelledPatches(p.s2[ix], p.s1[ix], p.cloud[ix], label_sets[ix],
+                           [p.groups[i] for i in ix], [p.ids[i] for i in ix],
+                           (p.condition() == "clear")[ix],
+                           [p.ids[i] for i in np.flatnonzero(~keep)])
 
 
 def _from_csv(path: Path, classes: tuple[str, ...]) -> LabelledPatches:
@@ -324,7 +337,10 @@ def _train(net: nn.Module, data: LabelledPatches, norm: dict[str, list[float]], 
     steps_per_epoch = max(1, math.ceil(n * cfg.crops / cfg.batch_size))
     opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=1e-4)
     sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=cfg.lr,
-                                                total_steps=cfg.epochs * steps_per_epoch + 1,
+                                                # at least 10: OneCycleLR divides by
+                                                # its warm-up steps (0 on a tiny run)
+                                                total_steps=max(10, cfg.epochs
+                                                                * steps_per_epoch + 1),
                                                 pct_start=0.2)
     sets_all = torch.as_tensor(data.label_sets, dtype=torch.float32)
     allowed_all = sets_all.amax(dim=1)
@@ -382,27 +398,20 @@ def fit_rates(model: Any, data: LabelledPatches) -> dict[str, Any]:
     >>> fit_rates(geoflow.model.load(), test)["window_fit"]  # doctest: +SKIP
     0.84
     """
-    from geoflow.model.bigearthnet import window_origins
+    from geoflow.model.bigearthnet import cut_windows
+    from geoflow.model.evaluate_real import patch_majority
 
-    size = model.patch_size
-    h = data.s2.shape[-1]
-    origins = window_origins(size, h)
-    s2 = np.stack([data.s2[:, :, r:r + size, c:c + size] for r, c in origins], 1)
-    s1 = np.stack([data.s1[:, :, r:r + size, c:c + size] for r, c in origins], 1)
-    cl = np.stack([data.cloud[:, r:r + size, c:c + size] for r, c in origins], 1)
-    n, m = len(data), len(origins)
-    pred = model.predict(s2.reshape(n * m, *s2.shape[2:]), s1.reshape(n * m, *s1.shape[2:]),
-                         cl.reshape(n * m, *cl.shape[2:]))
-    labels = pred.labels.reshape(n, m).astype(int)
-    fit = np.take_along_axis(data.allowed, labels, axis=1)
-    k = data.allowed.shape[1]
-    counts = np.stack([(labels == j).sum(1) for j in range(k)], 1)
-    major = counts.argmax(1)
-    return {"patches": n, "windows": n * m,
+    w = cut_windows(data, model.patch_size)  # the same windows as `geoflow evaluate --real`
+    pred = model.predict(w["s2"], w["s1"], w["cloud"])
+    n, k = data.allowed.shape
+    labels = pred.labels.astype(int)
+    fit = data.allowed[w["patch"], labels]
+    major = patch_majority(labels, w["patch"], n, k, pred.probs)
+    clear = data.clear[w["patch"]]
+    return {"patches": n, "windows": len(labels),
             "window_fit": round(float(fit.mean()), 4),
             "patch_fit": round(float(data.allowed[np.arange(n), major].mean()), 4),
-            "clear_window_fit": (round(float(fit[data.clear].mean()), 4)
-                                 if data.clear.any() else None),
+            "clear_window_fit": (round(float(fit[clear].mean()), 4) if clear.any() else None),
             "sar_weight": round(float(pred.sar_weight.mean()), 4)}
 
 
@@ -477,6 +486,7 @@ def finetune(data: str, out_dir: str | os.PathLike[str], config: FinetuneConfig 
     training = {"finetune": asdict(cfg), "data": data, "start": str(start_path),
                 "start_version": ckpt.meta["version"],
                 "train_patches": len(train_set), "train_groups": sorted(set(train_set.groups)),
+                "dropped_no_class": patches.dropped,
                 "test_groups": test_groups, "loss": loss}
     net.eval()
     model = LoadedModel(_as_checkpoint(net, spec, ckpt, classes, colors, norm),
@@ -489,6 +499,8 @@ def finetune(data: str, out_dir: str | os.PathLike[str], config: FinetuneConfig 
     report = {"checkpoint": str(out / f"{FINETUNED}.safetensors"), "version": meta["version"],
               "classes": list(classes),
               "train": {"patches": len(train_set), "groups": len(set(train_set.groups))},
+              "dropped": {"patches": len(patches.dropped), "ids": patches.dropped,
+                          "why": "no label with a class in the scheme"},
               "test": {"patches": len(test_set), "groups": test_groups, "before": before,
                        "after": after},
               "loss": loss, "seconds": round(time.perf_counter() - t0, 1)}

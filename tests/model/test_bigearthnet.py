@@ -16,9 +16,11 @@ from geoflow.errors import ModelError
 from geoflow.model._constants import CLASSES
 from geoflow.model.bigearthnet import (
     BEN19,
+    BEN19_COLORS,
     LABEL_TABLE,
     V1_TO_19,
     WHEELS,
+    BenPatches,
     BigEarthNetDataset,
     allowed_classes,
     allowed_mask,
@@ -49,6 +51,14 @@ def test_label_table_covers_both_nomenclatures_with_known_classes() -> None:
         allowed_classes(["Moon dust"])
     m = allowed_mask([["Pastures", "Coniferous forest"]], BEN19)
     assert [BEN19[i] for i in np.flatnonzero(m[0])] == ["Pastures", "Coniferous forest"]
+    # a v1 label allows what its merged 19-class label allows (same family too)
+    for v1, new in V1_TO_19.items():
+        if new is not None:
+            assert LABEL_TABLE[v1][0] == LABEL_TABLE[new][0], v1
+            assert allowed_classes([v1]) == allowed_classes([new]), v1
+    # Marine waters takes CORINE's sea-and-ocean colour, not the water-courses one
+    assert BEN19_COLORS[BEN19.index("Marine waters")] == "#e6f2ff"
+    assert len(set(BEN19_COLORS)) == 19
 
 
 def test_window_origins_are_centred_and_inside() -> None:
@@ -61,7 +71,17 @@ def test_window_origins_are_centred_and_inside() -> None:
 def test_public_sets_are_real_and_kept_apart(ben_sets: dict) -> None:
     dev, held = ben_sets["dev"], ben_sets["heldout"]
     assert len(dev) == 54 and len(held) == 6
+    # ids are disjoint, and no patch's pixels repeat between the sets ...
     assert not set(dev.ids) & set(held.ids)
+    held_s2 = {p.tobytes() for p in held.s2}
+    assert not any(p.tobytes() in held_s2 for p in dev.s2)
+    # ... but acquisitions (satellite + date) are not: 3 of the 6 held-out pairs come from
+    # overpasses dev also has (another area of the same tile / orbit); the real-patch report
+    # splits the held-out figures by this (evaluate_real's ``by_acquisition``)
+    shared = [i for i, g in zip(held.ids, held.groups, strict=True) if g in set(dev.groups)]
+    assert sorted({g for g in held.groups if g in set(dev.groups)}) == ["S2A_20170613",
+                                                                       "S2A_20170617"]
+    assert len(shared) == 3
     assert sorted(set(dev.source)) == ["reben", "v1-lmdb"] and set(held.source) == {"v1-folders"}
     for p in (dev, held):
         assert p.s2.shape[1:] == (10, 120, 120) and p.s1.shape[1:] == (2, 120, 120)
@@ -71,6 +91,10 @@ def test_public_sets_are_real_and_kept_apart(ben_sets: dict) -> None:
     # reBEN's own flags: 3 cloudy and 3 snowy patches; the held-out February patch is snowy
     assert (dev.cloudy.sum(), dev.snowy.sum()) == (3, 3) and held.snowy.sum() == 1
     assert dev.snow[dev.snowy].mean() > 0.3 and dev.snow[~dev.snowy].max() == 0
+    # snow is hidden like cloud, as the cube's SCL mask hides SCL 11
+    from geoflow.sentinel import HIDDEN_SCL, SNOW_SCL
+
+    assert set(SNOW_SCL) <= set(HIDDEN_SCL) and (dev.cloud >= dev.snow).all()
     assert dev.cloud[dev.cloudy].mean() > 0 and dev.cloud[~dev.cloudy & ~dev.snowy].max() == 0
 
 
@@ -102,6 +126,19 @@ def test_read_path_recognises_each_layout(ben_root: Path) -> None:
         open_sets("eurosat:/x")
 
 
+def test_v1_conditions_come_from_the_given_cache_or_are_unknown(ben_root: Path,
+                                                               tmp_path: Path) -> None:
+    common = ben_root / f"bigearthnet_common-{WHEELS['bigearthnet_common'][0]}"
+    known = read_path(common, cache=ben_root)
+    assert known.conditions_known and known.snowy.sum() == 1
+    with pytest.warns(UserWarning, match="conditions of these v1 patches are unknown"):
+        unknown = read_path(common, cache=tmp_path)  # lists not fetched into this cache
+    assert not unknown.conditions_known and not unknown.snowy.any()
+    assert not BenPatches.concat([known, unknown]).conditions_known
+    reben = read_path(ben_root / "configilm-0.7.1" / "BENv2", cache=tmp_path)  # own flags
+    assert reben.conditions_known
+
+
 def test_v1_pickles_are_decoded_without_running_anything(ben_root: Path,
                                                          tmp_path: Path) -> None:
     import lmdb
@@ -125,6 +162,37 @@ def test_v1_pickles_are_decoded_without_running_anything(ben_root: Path,
     with pytest.raises(ModelError, match="no bands"):
         decode_v1_pickle(pickle.dumps({"x": Evil()}))
     assert not marker.exists()
+
+
+def test_s1_bands_missing_or_wrong_size_are_clear_errors() -> None:
+    from geoflow.model.bigearthnet import _s1_from_bands
+
+    vv = np.full((120, 120), -12.0, np.float32)
+    assert _s1_from_bands({"VV": vv, "VH": vv - 6})[1, 0, 0] == -18.0
+    assert np.isnan(_s1_from_bands(None)).all()
+    with pytest.raises(ModelError, match="patch p has no VH band"):
+        _s1_from_bands({"VV": vv}, "patch p")
+    with pytest.raises(ModelError, match="VH band is 60x60 px"):
+        _s1_from_bands({"VV": vv, "VH": vv[:60, :60]}, "patch p")
+
+
+def test_v1_pickle_decoding_of_protocol_5_and_deep_nesting() -> None:
+    band = np.arange(6, dtype=np.uint16).reshape(2, 3)
+    value = {"labels": ["Pastures"], "bands": [{"name": "B2", "data": band}]}
+    for protocol in (3, 5):  # protocol 5 reduces arrays through numpy's _frombuffer
+        patch = decode_v1_pickle(pickle.dumps(value, protocol=protocol))
+        np.testing.assert_array_equal(patch["bands"]["B02"], band)
+        assert patch["labels"] == ["Pastures"]
+    # out-of-band buffers cannot be read from an LMDB value: a clear error, not a traceback
+    oob = pickle.dumps(value, protocol=5, buffer_callback=lambda b: False)
+    with pytest.raises(ModelError, match="cannot be decoded safely"):
+        decode_v1_pickle(oob)
+    # 200,000 nested lists (built by opcodes, the unpickler itself does not recurse): walking
+    # them must not raise RecursionError
+    depth = 200_000
+    deep = b"\x80\x02" + b"]" * depth + b"a" * (depth - 1) + b"."
+    with pytest.raises(ModelError, match="no bands or no labels"):
+        decode_v1_pickle(deep)
     with pytest.raises(ModelError, match="cannot be decoded safely"):
         decode_v1_pickle(b"\x80\x04garbage")
     # an object dtype inside an "array" is refused, never materialised
@@ -143,6 +211,54 @@ def test_fetch_checks_the_wheel_checksum(tmp_path: Path) -> None:
         fetch_samples(tmp_path)
     assert not fake.exists()  # a bad download is not kept
     assert not (tmp_path / f"configilm-{WHEELS['configilm'][0]}").exists()
+
+
+def test_fetch_waits_for_the_lock_and_rechecks(tmp_path: Path) -> None:
+    import threading
+
+    from geoflow.model.bigearthnet import _cache_lock
+
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    fake = wheels / f"configilm-{WHEELS['configilm'][0]}-py3-none-any.whl"
+    fake.write_bytes(b"not the published wheel")
+    result: list[object] = []
+    with _cache_lock(tmp_path):  # another process is filling the cache
+        worker = threading.Thread(target=lambda: result.append(fetch_samples(tmp_path)))
+        worker.start()
+        worker.join(0.5)
+        assert worker.is_alive() and not result  # it waits for the lock
+        for name, (version, sha) in WHEELS.items():  # the other process finishes
+            (tmp_path / f"{name}-{version}").mkdir()
+            (tmp_path / f"{name}-{version}" / ".complete").write_text(sha)
+    worker.join(10)
+    assert result == [tmp_path]
+    assert fake.exists()  # re-checked under the lock: nothing fetched, nothing deleted
+
+
+def test_fetch_error_names_the_real_offline_folder(tmp_path: Path, monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    monkeypatch.setenv("PIP_INDEX_URL", "http://127.0.0.1:9/simple")  # nothing listens there
+    monkeypatch.setenv("PIP_RETRIES", "0")
+    monkeypatch.setenv("PIP_TIMEOUT", "1")
+    with pytest.raises(ModelError) as exc:
+        fetch_samples(tmp_path / "cache")
+    assert str(tmp_path / "cache" / "wheels") in (exc.value.hint or "")
+    assert not list((tmp_path / "cache").glob(".configilm-*"))  # the private temp dir is gone
+
+
+def test_tar_members_are_checked(tmp_path: Path) -> None:
+    import tarfile
+
+    from geoflow.model.bigearthnet import _extract_tar
+
+    bad = tmp_path / "bad.tar.bz2"
+    with tarfile.open(bad, "w:bz2") as tf:
+        link = tarfile.TarInfo("x/link")
+        link.type, link.linkname = tarfile.SYMTYPE, "/etc/passwd"
+        tf.addfile(link)
+    with pytest.raises(ModelError, match="unsafe tar member"):
+        _extract_tar(bad, tmp_path / "out", "test.whl")
+    assert not (tmp_path / "out" / "x" / "link").exists()
 
 
 def test_cut_windows_keeps_patch_order(ben_sets: dict) -> None:

@@ -32,6 +32,23 @@ def test_locate_models_errors(tmp_path: Path) -> None:
         locate_models(tmp_path / "x.safetensors")
 
 
+def test_another_class_scheme_is_refused_and_finetuned_is_found(tmp_path: Path) -> None:
+    import torch
+
+    from geoflow.model.bigearthnet import BEN19, BEN19_COLORS
+    from geoflow.model.checkpoint import save_checkpoint
+    from geoflow.model.networks import ArchSpec, build_network
+
+    torch.manual_seed(0)
+    spec = ArchSpec("student", n_classes=len(BEN19), width=4)
+    save_checkpoint(tmp_path / "finetuned", build_network(spec), spec, stage="finetuned",
+                    classes=BEN19, colors=BEN19_COLORS)
+    assert locate_models(tmp_path) == {"student_irm": tmp_path / "finetuned.safetensors"}
+    with pytest.raises(CheckpointError, match="19 classes") as exc:
+        evaluate(tmp_path, n=8, device="cpu")
+    assert "--real" in (exc.value.hint or "")
+
+
 @pytest.mark.slow
 def test_evaluate_a_run(tiny_run: tuple[Path, dict], tiny_target: PatchSet) -> None:
     out, _ = tiny_run

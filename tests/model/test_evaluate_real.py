@@ -64,6 +64,29 @@ def test_targets_are_explicit_rows(report: dict) -> None:
         assert row in text
 
 
+def test_heldout_split_by_shared_acquisition(report: dict, ben_sets: dict) -> None:
+    split = report["sets"]["heldout"]["by_acquisition"]
+    dev_groups = set(ben_sets["dev"].groups)
+    held = ben_sets["heldout"]
+    shared = split["shares_acquisition_with_dev"]
+    other = split["no_shared_acquisition"]
+    # the split is exactly by satellite + date shared with a dev patch, and covers all six
+    assert sorted(shared["ids"] + other["ids"]) == sorted(held.ids)
+    for i, g in zip(held.ids, held.groups, strict=True):
+        assert (i in shared["ids"]) == (g in dev_groups)
+    assert shared["patches"] == 3 and set(shared["acquisitions"]) <= dev_groups
+    assert not set(other["acquisitions"]) & dev_groups
+    # each part's figures follow from the held-out set's own per-patch windows
+    pp = {p["id"]: p for p in report["sets"]["heldout"]["per_patch"]}
+    for part in (shared, other):
+        fit = [w in allowed_classes(pp[i]["labels"]) for i in part["ids"]
+               for w in pp[i]["windows"]]
+        assert part["fit"]["student"]["all"]["window_fit"] == pytest.approx(np.mean(fit),
+                                                                           abs=1e-4)
+        assert "clear_fit_vs_ndwi" in part["targets"]
+    assert "shares an acquisition with dev" in format_real(report)
+
+
 def test_ndwi_rule_and_no_sar_variant(report: dict, ben_sets: dict) -> None:
     # water windows by NDWI: a bright-green, dark-NIR window is Water, vegetation is not
     w = np.zeros((2, 10, 4, 4), np.float32)

@@ -126,3 +126,58 @@ def test_finetune_reads_the_patch_folder_csv_layout(tmp_path: Path, capsys) -> N
     bad.write_text(path.read_text().replace("Dense Forest", "Moon Dust", 1))
     with pytest.raises(ModelError, match="not a class of the model"):
         load_labelled(str(bad), CLASSES)
+
+
+def test_finetuning_moves_predictions_toward_the_allowed_classes(tmp_path: Path) -> None:
+    """A few deterministic steps on patches all labelled Barren (a class the shipped student
+    rarely gives these synthetic patches) raise the share of Barren windows on them."""
+    from geoflow.model._constants import CLASSES
+    from geoflow.model.checkpoint import read_checkpoint
+    from geoflow.model.finetune import (
+        _as_checkpoint,
+        _start_network,
+        _train,
+        fit_rates,
+        load_labelled,
+    )
+    from geoflow.model.predict import LoadedModel, load, resolve_device
+
+    lp = load_labelled(str(_folder_csv(tmp_path)), CLASSES)
+    lp.label_sets[:] = False
+    lp.label_sets[:, 0, CLASSES.index("Barren")] = True
+    start = load(device="cpu")
+    before = fit_rates(start, lp)
+    ckpt = read_checkpoint(start.path)
+    net, spec = _start_network(ckpt, CLASSES)
+    cfg = FinetuneConfig(epochs=4, lr=3e-3, sar_dropout=0.0, threads=1)
+    loss = _train(net, lp, ckpt.meta["norm"], start.patch_size, cfg, progress=False)
+    tuned = LoadedModel(_as_checkpoint(net, spec, ckpt, CLASSES, tuple(start.colors),
+                                       ckpt.meta["norm"]), resolve_device("cpu"))
+    after = fit_rates(tuned, lp)
+    assert before["window_fit"] < 0.5
+    assert after["window_fit"] > before["window_fit"] + 0.3
+    assert loss[-1] < loss[0]
+
+
+def test_patches_without_a_class_in_the_scheme_are_dropped(ben_root: Path) -> None:
+    from geoflow.model.finetune import load_labelled
+
+    common = f"bigearthnet:{ben_root}/bigearthnet_common-2.8.0"
+    lp = load_labelled(common, ("Water", "Dense Forest"))
+    assert len(lp) + len(lp.dropped) == 6 and lp.dropped  # farmland-only patches are left out
+    assert lp.allowed.any(axis=1).all()
+    with pytest.raises(ModelError, match="none of the 6 patches"):
+        load_labelled(common, ("Road",))
+
+
+def test_cli_rejects_options_that_would_be_ignored(capsys) -> None:  # type: ignore[no-untyped-def]
+    from geoflow.cli import main
+
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--finetune", "bigearthnet", "--out", "x", "--width", "8"])
+    assert exc.value.code == 2 and "--width cannot be used with --finetune" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["evaluate", "--real", "bigearthnet", "--seed", "5", "--n", "10"])
+    assert exc.value.code == 2 and "--seed, --n cannot be used with --real" in \
+        capsys.readouterr().err
