@@ -87,22 +87,36 @@ def test_cpu_meter_counts_a_listed_child_process():
 @pytest.mark.slow
 def test_compare_readers_reads_the_same_region_with_each_reader(stac_url, small_archive):
     """geoflow, stackstac (and odc-stac where installed) read the small archive's demo
-    region on this thread; the figures are CPU seconds and their ratios."""
+    region on this thread. stackstac reads one layer per item and asset over the grid;
+    geoflow reads per solar day its bands and SCL, and SAR where the day has a pass (the
+    cloud mask is derived, not read): the pixel counts say so."""
     import importlib.util
     import json
 
-    from geoflow.bench import compare_readers
+    from geoflow.bench import _plan, compare_readers
+    from geoflow.cube import build_cube
     from geoflow.model import DEFAULT_CHECKPOINT
+    from geoflow.sentinel import S1_BANDS, S2_BANDS
 
     info = json.loads((small_archive / "archive.json").read_text())
-    out = compare_readers(info["demo_bbox"], info["datetime"], stac_url,
-                          str(DEFAULT_CHECKPOINT), rounds=1)
-    assert out["geoflow_cpu_s"] > 0 and out["stackstac_cpu_s"] > 0
-    assert out["stackstac_cpu_ratio"] == pytest.approx(
-        out["geoflow_cpu_s"] / out["stackstac_cpu_s"], rel=0.02)
-    assert out["read_mpix_per_cpu_s"] > 0 and out["stackstac_mpix_per_cpu_s"] > 0
+    bbox, dates, model = info["demo_bbox"], info["datetime"], str(DEFAULT_CHECKPOINT)
+    out = compare_readers(bbox, dates, stac_url, model, rounds=1)
+    scenes, plan, _ = _plan(bbox, dates, stac_url, model)
+    pixels = plan.grid.height * plan.grid.width
+    item_assets = (len(scenes.s2) * (len(S2_BANDS) + 1) + len(scenes.s1) * len(S1_BANDS))
+    assert out["stackstac_read_mpix"] == pytest.approx(item_assets * pixels / 1e6, abs=0.01)
+    cube = build_cube(scenes, plan.grid)  # lazy: only its shape and coordinates are used
+    days, with_sar = cube.sizes["time"], int(cube["s1_available"].sum())
+    layers = days * (len(S2_BANDS) + 1) + with_sar * len(S1_BANDS)
+    assert with_sar > 0 and layers < item_assets
+    assert out["geoflow_read_mpix"] == pytest.approx(layers * pixels / 1e6, abs=0.01)
+    g, s = out["geoflow_cpu_s"], out["stackstac_cpu_s"]
+    assert g > 0 and s > 0 and out["stackstac_mosaic_cpu_s"] > 0
+    assert out["stackstac_cpu_ratio"] == pytest.approx(g / s, rel=0.02)
+    assert out["stackstac_cpu_per_mpix_ratio"] == pytest.approx(
+        (g / out["geoflow_read_mpix"]) / (s / out["stackstac_read_mpix"]), rel=0.05)
+    assert out["read_mpix_per_cpu_s"] == pytest.approx(out["geoflow_read_mpix"] / g, rel=0.05)
     if importlib.util.find_spec("odc") and importlib.util.find_spec("odc.stac"):
-        assert out["odc_stac_cpu_ratio"] == pytest.approx(
-            out["geoflow_cpu_s"] / out["odc_stac_cpu_s"], rel=0.02)
+        assert out["odc_stac_cpu_ratio"] == pytest.approx(g / out["odc_stac_cpu_s"], rel=0.02)
     else:
         assert out["odc_stac_cpu_ratio"] is None
