@@ -135,9 +135,19 @@ def test_check_script_cpu_twin_runs_the_whole_check(small_archive, stac_server, 
                                              + split["write_s"], abs=0.05)
 
 
-def test_the_gpu_worker_cluster_runs_as_many_chunks_as_reader_threads():
+def _executing(dask_worker) -> int:
+    return int(dask_worker.state.executing_count)
+
+
+@pytest.mark.slow
+def test_the_gpu_worker_cluster_runs_as_many_chunks_as_reader_threads(small_archive,
+                                                                       stac_url, tmp_path):
     """What --device cuda starts (one worker, N threads, N GPU slots), started here on the
-    CPU: geoflow then submits chunk tasks with resources={"GPU": 1}, N at a time."""
+    CPU: a regional run's chunk tasks (resources={"GPU": 1}) then run N at a time, not the
+    two that a window counted in workers would allow."""
+    import threading
+    import time
+
     from geoflow._cluster import (
         close_local_cluster,
         gdal_settings,
@@ -145,12 +155,31 @@ def test_the_gpu_worker_cluster_runs_as_many_chunks_as_reader_threads():
         new_local_cluster,
     )
     from geoflow._device_bench import _device_cluster
+    from geoflow.regional import classify_region
 
+    info = json.loads((small_archive / "archive.json").read_text())
     with _device_cluster("cuda", 3) as client:
         [worker] = client.scheduler_info()["workers"].values()
         assert worker["nthreads"] == 3 and worker["resources"] == {"GPU": 3.0}
         assert has_gpu_workers(client)
-        assert client.submit(sum, [1, 2], resources={"GPU": 1}).result(timeout=60) == 3
+        most, stop = [0], threading.Event()
+
+        def watch() -> None:  # the chunk tasks executing at once on the worker
+            while not stop.is_set():
+                most[0] = max(most[0], *client.run(_executing).values())
+                time.sleep(0.02)
+
+        watcher = threading.Thread(target=watch, daemon=True)
+        watcher.start()
+        try:
+            ds = classify_region(info["demo_bbox"], info["datetime"],
+                                 out=str(tmp_path / "map.zarr"), catalog=stac_url,
+                                 client=client, device="cpu", chunk_patches=2, progress=False)
+        finally:
+            stop.set()
+            watcher.join(timeout=30)
+        assert dict(ds.attrs["run"])["chunks_computed"] >= 4
+        assert most[0] == 3
     cluster, client = new_local_cluster(1, gdal_settings())
     try:  # the default stays one thread and no resources
         [worker] = client.scheduler_info()["workers"].values()
