@@ -52,27 +52,51 @@ def test_model_throughput_records_a_failing_variant_and_refuses_bad_sizes():
         model_throughput(model, [0, 4])
 
 
-def test_device_busy_reads_nvidia_smi_samples(tmp_path):
+def test_device_busy_reads_nvidia_smi_samples_of_the_gpu_named_by_uuid(tmp_path):
     """The nvidia-smi fallback of the GPU busy fraction, fed by a stand-in script that prints
-    what `nvidia-smi --query-gpu=utilization.gpu --format=csv,noheader,nounits -lms=N`
-    prints (the one fake: there is no GPU here). torch builds a cuda device object without
-    a GPU; pynvml, if installed, fails to initialise here and the fallback runs."""
+    what `nvidia-smi --id=GPU-<uuid> --query-gpu=utilization.gpu --format=csv,noheader,nounits
+    --loop-ms=N` prints (the one fake: there is no GPU here). The GPU is named by the UUID
+    torch gives (what a GPU node passes, CUDA_VISIBLE_DEVICES or not), not by torch's index.
+    torch builds a cuda device object without a GPU; pynvml, if installed, fails to
+    initialise here and the fallback runs."""
     import time
+    import uuid
 
-    from geoflow._device_bench import DeviceBusy
+    from geoflow._device_bench import DeviceBusy, nvml_uuid
 
+    raw = uuid.UUID("58a9b8e1-3c1e-7a4b-9d2f-0c1b2a3d4e5f")  # as torch's props.uuid prints
+    gpu = nvml_uuid(raw)
+    assert gpu == f"GPU-{raw}" and nvml_uuid(gpu) == gpu
     fake = tmp_path / "fake-smi"
     fake.write_text(f"#!{sys.executable}\nimport sys, time\n"
-                    "assert '--query-gpu=utilization.gpu' in sys.argv\n"
+                    f"assert sys.argv[1:] == ['--id={gpu}', '--query-gpu=utilization.gpu', "
+                    "'--format=csv,noheader,nounits', '--loop-ms=100'], sys.argv\n"
                     "print('40', flush=True)\nprint('[N/A]', flush=True)\n"
                     "print('80', flush=True)\ntime.sleep(60)\n")
     fake.chmod(0o755)
-    with DeviceBusy("cuda", smi=[str(fake)]) as busy:
+    with DeviceBusy("cuda", smi=[str(fake)], gpu_id=gpu) as busy:
         deadline = time.monotonic() + 20
         while len(busy.samples) < 2 and time.monotonic() < deadline:
             time.sleep(0.05)
     assert busy.source == "nvidia-smi"
     assert busy.fraction == pytest.approx(0.6)
+
+
+def test_device_busy_without_a_gpu_to_name_samples_nothing(tmp_path):
+    """Without a GPU torch cannot give a UUID: no sampler starts, the fraction is None."""
+    import torch
+
+    from geoflow._device_bench import DeviceBusy
+
+    if torch.cuda.is_available():  # pragma: no cover - a GPU machine
+        return
+    marker = tmp_path / "ran"
+    fake = tmp_path / "fake-smi"
+    fake.write_text(f"#!/bin/sh\ntouch {marker}\n")
+    fake.chmod(0o755)
+    with DeviceBusy("cuda", smi=[str(fake)]) as busy:
+        pass
+    assert (busy.source, busy.fraction) == ("none", None) and not marker.exists()
 
 
 def test_device_info_refuses_cuda_without_a_usable_gpu():
