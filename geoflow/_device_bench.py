@@ -449,6 +449,7 @@ def run_device_bench(
     read_threads: int | None = None, compile: bool | None = None,
     compile_backend: str = "inductor", model: str | os.PathLike[str] | None = None,
     log: Callable[[str], Any] | None = None,
+    on_stage: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Check a device and measure the student and the demo region on it (see module doc).
 
@@ -468,13 +469,18 @@ def run_device_bench(
         Checkpoint (default: the shipped demo weights).
     log
         Called with one-line status messages.
+    on_stage
+        Called with a copy of the figures so far after each stage (device, model table,
+        predict, region), ``stage`` naming the last one finished: a caller that may be
+        stopped (``deploy/gpu/check.sh``'s time limit) keeps what finished.
 
     Returns
     -------
     dict
-        :func:`device_info`'s keys, ``model`` (:func:`model_throughput`),
-        ``predict_patches_per_s`` (the whole predict call with host arrays at the best batch
-        size), ``region`` (:func:`region_on_device`) and ``seconds``.
+        :func:`device_info`'s keys, ``stage`` (``"region"`` when complete), ``model``
+        (:func:`model_throughput`), ``predict_patches_per_s`` (the whole predict call with
+        host arrays at the best batch size), ``region`` (:func:`region_on_device`) and
+        ``seconds``.
 
     Raises
     ------
@@ -496,6 +502,14 @@ def run_device_bench(
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     figures = device_info(device)
+
+    def done(stage: str) -> None:
+        figures["stage"] = stage
+        figures["seconds"] = round(time.perf_counter() - t0, 1)
+        if on_stage is not None:
+            on_stage(dict(figures))
+
+    done("device")
     say(f"torch {figures['torch']} on {figures.get('gpu') or 'the CPU'}")
     loaded = load(model, device=device)
     sizes = list(batch_sizes or (DEFAULT_BATCH_SIZES if cuda else (64, 256)))
@@ -504,6 +518,7 @@ def run_device_bench(
     say(f"the student at batch sizes {sizes}: {', '.join(variants)}")
     figures["model"] = model_throughput(loaded, sizes, variants=variants,
                                         compile_backend=compile_backend)
+    done("model")
     best = figures["model"]["best"]["batch_size"]
     n = max(best, 2 * best if cuda else best)
     p = loaded.patch_size
@@ -515,9 +530,10 @@ def run_device_bench(
     t1 = time.perf_counter()
     loaded.predict(s2, s1, cloud, batch_size=best)
     figures["predict_patches_per_s"] = round(n / (time.perf_counter() - t1), 1)
+    done("predict")
     figures["region"] = region_on_device(device, read_threads=read_threads, batch_size=best,
                                          model=model, log=log)
-    figures["seconds"] = round(time.perf_counter() - t0, 1)
+    done("region")
     return figures
 
 
