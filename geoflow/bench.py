@@ -143,14 +143,15 @@ def _sub_bbox(bbox: Sequence[float], fraction: float) -> tuple[float, float, flo
     return (cx - hx, cy - hy, cx + hx, cy + hy)
 
 
-def _cpu_seconds(procs: Sequence[psutil.Process]) -> float:
-    """User + system CPU seconds of ``procs`` so far (a process that ended counts 0)."""
-    total = 0.0
+def _cpu_seconds(procs: Sequence[psutil.Process]) -> dict[int, float]:
+    """User + system CPU seconds of each of ``procs`` so far, by pid (one that ended is left
+    out)."""
+    seconds = {}
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             t = proc.cpu_times()
-            total += t.user + t.system
-    return total
+            seconds[proc.pid] = t.user + t.system
+    return seconds
 
 
 def _pids() -> tuple[int, int]:
@@ -170,9 +171,10 @@ def cluster_processes(client: Any) -> list[psutil.Process]:
     """
     pids = {os.getpid()}
     for worker, parent in client.run(_pids).values():
-        pids.add(int(worker))
-        if parent != os.getpid():  # a nanny (not this process, as with processes=False)
-            pids.add(int(parent))
+        # A worker in this process (processes=False) has no nanny: its parent is this
+        # process's parent (a shell), whose CPU is not the run's.
+        if int(worker) != os.getpid():
+            pids.update((int(worker), int(parent)))
     procs = []
     for pid in sorted(pids):
         with contextlib.suppress(psutil.Error):
@@ -182,6 +184,9 @@ def cluster_processes(client: Any) -> list[psutil.Process]:
 
 class CpuMeter:
     """CPU seconds (user + system) that a set of processes spends while the block runs.
+
+    A process that ends during the block (a worker that restarts) counts for nothing
+    rather than for minus its earlier CPU; its replacement is not in the set.
 
     Examples
     --------
@@ -195,14 +200,16 @@ class CpuMeter:
     def __init__(self, procs: Sequence[psutil.Process]) -> None:
         self.procs = list(procs)
         self.seconds = 0.0
-        self._start = 0.0
+        self._start: dict[int, float] = {}
 
     def __enter__(self) -> CpuMeter:
         self._start = _cpu_seconds(self.procs)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds = _cpu_seconds(self.procs) - self._start
+        end = _cpu_seconds(self.procs)
+        self.seconds = sum(end[pid] - start for pid, start in self._start.items()
+                           if pid in end)
 
 
 def _read_chunk_cube(chunk: Any, scenes: dict[str, list[dict]], gdal: dict[str, str],
@@ -299,6 +306,13 @@ def _read_then_model(client: Any, bbox: Sequence[float], dates: str, url: str,
     del reads, outs, payload
     return {"read_s": read_s, "read_cpu_s": read_cpu, "model_s": model_s,
             "model_cpu_s": model_cpu, "patch": patch}
+
+
+def _overhead_fraction(e2e_cpu: float, read_cpu: float, model_cpu: float) -> float:
+    """End-to-end CPU seconds minus read-only and model-only CPU, over end-to-end CPU: what
+    orchestration, writing and serving add (negative where the end-to-end run happened to
+    cost less than its parts measured apart)."""
+    return (e2e_cpu - read_cpu - model_cpu) / e2e_cpu
 
 
 def _read_layers(cube: Any) -> int:
@@ -688,7 +702,7 @@ def run_bench(
         # tasks (what one core of a GPU node, whose model costs next to nothing, can feed).
         "read_only_km2_per_s": round(km2_4 / read_cpu, 3),
         # What orchestration, writing and serving add to reading and the model, in CPU time.
-        "overhead_fraction": round((e2e4_cpu - read_cpu - model_cpu) / e2e4_cpu, 3),
+        "overhead_fraction": round(_overhead_fraction(e2e4_cpu, read_cpu, model_cpu), 3),
         "stackstac_cpu_ratio": readers["stackstac_cpu_ratio"],
         "odc_stac_cpu_ratio": readers["odc_stac_cpu_ratio"],
         "read_mpix_per_cpu_s": readers["read_mpix_per_cpu_s"],

@@ -84,6 +84,78 @@ def test_cpu_meter_counts_a_listed_child_process():
         child.wait()
 
 
+def test_cpu_meter_skips_a_process_that_ends_during_the_block():
+    """A worker that ends (restarts) mid-run counts for nothing, not for minus its CPU."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from geoflow.bench import CpuMeter
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                               "while time.process_time() - t < 0.3: pass\ntime.sleep(30)"])
+    try:
+        proc = psutil.Process(child.pid)
+        while proc.cpu_times().user + proc.cpu_times().system < 0.3:
+            time.sleep(0.05)
+        with CpuMeter([psutil.Process(), proc]) as cpu:
+            child.kill()
+            child.wait()
+    finally:
+        child.kill()
+        child.wait()
+    assert 0 <= cpu.seconds < 0.2
+
+
+def test_cluster_processes_of_an_in_process_cluster_is_this_process(client):
+    """processes=False: the worker is this process and has no nanny; this process's parent
+    (the shell) is not the run's."""
+    import os
+
+    from geoflow.bench import cluster_processes
+
+    assert [p.pid for p in cluster_processes(client)] == [os.getpid()]
+
+
+@pytest.mark.slow
+def test_read_then_model_meters_the_worker_and_its_nanny(small_archive, stac_url, tmp_path):
+    """The bench's parts on a LocalCluster of one worker process: the worker's and its
+    nanny's pids (and this process's) are metered; the chunk tasks' read-only and
+    model-only CPU is there; the overhead fraction of a real run on the same processes is a
+    fraction."""
+    import json
+    import os
+
+    import psutil
+
+    from geoflow._cluster import close_local_cluster, gdal_settings, new_local_cluster
+    from geoflow.bench import CpuMeter, _overhead_fraction, _read_then_model, cluster_processes
+    from geoflow.model import DEFAULT_CHECKPOINT
+    from geoflow.regional import classify_region
+
+    info = json.loads((small_archive / "archive.json").read_text())
+    bbox, dates, model = info["demo_bbox"], info["datetime"], str(DEFAULT_CHECKPOINT)
+    cluster, client = new_local_cluster(1, gdal_settings())
+    try:
+        [worker] = client.run(os.getpid).values()
+        procs = {p.pid for p in cluster_processes(client)}
+        # The worker's nanny: in this process on a LocalCluster, its own process under
+        # `dask worker`; either way it is metered.
+        nanny = psutil.Process(worker).ppid()
+        assert worker != os.getpid() and procs == {os.getpid(), worker, nanny}
+        parts = _read_then_model(client, bbox, dates, stac_url, model)
+        assert parts["read_cpu_s"] > 0 and parts["model_cpu_s"] > 0
+        assert parts["read_s"] > 0 and parts["model_s"] > 0
+        with CpuMeter(cluster_processes(client)) as cpu:
+            classify_region(bbox, dates, out=str(tmp_path / "map.zarr"), catalog=stac_url,
+                            client=client, model=model, progress=False)
+        overhead = _overhead_fraction(cpu.seconds, parts["read_cpu_s"], parts["model_cpu_s"])
+        assert cpu.seconds > 0 and -1 < overhead < 1
+    finally:
+        close_local_cluster(cluster, client)
+
+
 @pytest.mark.slow
 def test_compare_readers_reads_the_same_region_with_each_reader(stac_url, small_archive):
     """geoflow, stackstac (and odc-stac where installed) read the small archive's demo
