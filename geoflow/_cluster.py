@@ -231,6 +231,8 @@ class ClusterInfo:
     n_workers: int
     gpu: bool
     dashboard: str | None
+    #: Threads of all workers together (tasks the cluster runs at once); 0: not known.
+    n_threads: int = 0
 
 
 def _worker_resources(client: Client) -> list[dict[str, float]]:
@@ -346,9 +348,11 @@ def prepare_cluster(client: Client, *, retry: RetryPolicy | None = None,
                 f"no Dask worker joined the scheduler within {wait_s:.0f} s",
                 hint="start workers (dask worker ADDRESS, or deploy/local/cluster.sh), or "
                      "wait longer with retry.worker_wait_s") from None
-        n_now = len(client.scheduler_info().get("workers", {}))
-    return ClusterInfo(client=client, n_workers=max(1, n_now), gpu=has_gpu_workers(client),
-                       dashboard=_dashboard(client))
+    workers = client.scheduler_info().get("workers", {})
+    threads = sum(int(w.get("nthreads") or 1) for w in workers.values())
+    return ClusterInfo(client=client, n_workers=max(1, len(workers)),
+                       gpu=has_gpu_workers(client), dashboard=_dashboard(client),
+                       n_threads=max(1, threads))
 
 
 __all__ = ["GDAL_SETTINGS", "ClusterInfo", "WorkerSetup", "aws_gdal_options",

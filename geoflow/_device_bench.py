@@ -6,8 +6,10 @@ GPU node runs when it has one (``deploy/gpu/check.sh`` wraps it):
 1. :func:`device_info`: torch sees the device (CUDA build, GPU name, bf16 support).
 2. :func:`model_throughput`: the student's forward pass on the device, in patches per
    second, for batch sizes 256..8192, as ``fp32``, ``bf16`` (autocast), ``bf16`` with
-   ``channels_last`` and ``bf16`` with ``torch.compile``; each variant is kept only where
-   it helps (``best`` names the fastest), and one that fails records its error instead.
+   ``channels_last`` and ``bf16`` with ``torch.compile``; every variant is measured and
+   reported, ``helps`` gives each one's speed-up over plain bf16 and ``best`` names the
+   fastest; one that fails records its error instead. Nothing is switched on from this
+   table: the region run (3.) uses geoflow's predict path, plain bf16 autocast on CUDA.
 3. :func:`region_on_device`: the demo region end to end on one worker that owns the device
    and runs ``read_threads`` chunks at once (their reads on CPU threads, their batches on
    the device), in km^2/s, with the GPU's busy fraction (NVML, or ``nvidia-smi`` sampling)
@@ -233,12 +235,47 @@ def parse_smi_utilization(lines: Sequence[str]) -> list[float]:
     return out
 
 
+def nvml_uuid(raw: object) -> str:
+    """A GPU's UUID as NVML and ``nvidia-smi --id`` take it (``GPU-`` and the hex digits)
+    from what torch gives (``get_device_properties(i).uuid``: a UUID object or its text).
+
+    Examples
+    --------
+    >>> nvml_uuid("58a9b8e1-3c1e-7a4b-9d2f-0c1b2a3d4e5f")
+    'GPU-58a9b8e1-3c1e-7a4b-9d2f-0c1b2a3d4e5f'
+    >>> nvml_uuid("MIG-58a9b8e1-3c1e-7a4b-9d2f-0c1b2a3d4e5f")
+    'MIG-58a9b8e1-3c1e-7a4b-9d2f-0c1b2a3d4e5f'
+    """
+    text = str(raw).strip()
+    if text.startswith(("GPU-", "MIG-")):
+        return text
+    if not text:
+        raise GeoflowError("torch gave an empty GPU UUID",
+                           hint="check the driver with nvidia-smi -L")
+    return f"GPU-{text}"
+
+
+def gpu_uuid(index: int) -> str:
+    """The NVML UUID of torch's CUDA device ``index`` (which counts only the GPUs that
+    ``CUDA_VISIBLE_DEVICES`` leaves, where NVML counts all of the node's).
+
+    Examples
+    --------
+    >>> gpu_uuid(0)  # doctest: +SKIP
+    'GPU-58a9b8e1-3c1e-7a4b-9d2f-0c1b2a3d4e5f'
+    """
+    import torch
+
+    return nvml_uuid(torch.cuda.get_device_properties(index).uuid)
+
+
 class DeviceBusy:
     """The GPU's busy fraction while the block runs, sampled every ``interval`` seconds.
 
     From NVML (``pynvml``, as ``torch.cuda.utilization`` uses) when installed, else from an
     ``nvidia-smi`` process sampling at the same rate; on the CPU, or with neither, the
-    fraction is None and ``source`` says why.
+    fraction is None and ``source`` says why. ``gpu_id`` names the GPU as NVML does
+    (``GPU-<uuid>``); by default the UUID torch gives for ``device`` (:func:`gpu_uuid`).
 
     Examples
     --------
@@ -249,12 +286,13 @@ class DeviceBusy:
     """
 
     def __init__(self, device: str, interval: float = 0.1,
-                 smi: Sequence[str] = ("nvidia-smi",)) -> None:
+                 smi: Sequence[str] = ("nvidia-smi",), gpu_id: str | None = None) -> None:
         import torch
 
         self.device = torch.device(device)
         self.interval = interval
         self.smi = list(smi)
+        self.gpu_id = gpu_id
         self.samples: list[float] = []
         self.source = "cpu" if self.device.type != "cuda" else "none"
         self._stop = threading.Event()
@@ -279,12 +317,17 @@ class DeviceBusy:
     def __enter__(self) -> DeviceBusy:
         if self.device.type != "cuda":
             return self
-        index = self.device.index or 0
+        # NVML and nvidia-smi number the GPUs of the node; torch numbers those that
+        # CUDA_VISIBLE_DEVICES leaves: the UUID names the same GPU to both.
+        try:
+            gpu = self.gpu_id or gpu_uuid(self.device.index or 0)
+        except Exception:  # torch cannot name the GPU (no driver): nothing to sample
+            return self
         try:
             import pynvml
 
             pynvml.nvmlInit()
-            handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            handle = pynvml.nvmlDeviceGetHandleByUUID(gpu)
             self.source = "nvml"
             self._thread = threading.Thread(target=self._nvml_loop, args=(handle, pynvml),
                                             daemon=True)
@@ -292,8 +335,9 @@ class DeviceBusy:
             if shutil.which(self.smi[0]) is None:
                 return self
             self._proc = subprocess.Popen(
-                [*self.smi, f"--id={index}", "--query-gpu=utilization.gpu",
-                 "--format=csv,noheader,nounits", f"-lms={max(1, int(self.interval * 1000))}"],
+                [*self.smi, f"--id={gpu}", "--query-gpu=utilization.gpu",
+                 "--format=csv,noheader,nounits",
+                 f"--loop-ms={max(1, int(self.interval * 1000))}"],
                 stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
             self.source = "nvidia-smi"
             self._thread = threading.Thread(target=self._smi_loop, daemon=True)
@@ -405,6 +449,7 @@ def run_device_bench(
     read_threads: int | None = None, compile: bool | None = None,
     compile_backend: str = "inductor", model: str | os.PathLike[str] | None = None,
     log: Callable[[str], Any] | None = None,
+    on_stage: Callable[[dict[str, Any]], Any] | None = None,
 ) -> dict[str, Any]:
     """Check a device and measure the student and the demo region on it (see module doc).
 
@@ -424,13 +469,18 @@ def run_device_bench(
         Checkpoint (default: the shipped demo weights).
     log
         Called with one-line status messages.
+    on_stage
+        Called with a copy of the figures so far after each stage (device, model table,
+        predict, region), ``stage`` naming the last one finished: a caller that may be
+        stopped (``deploy/gpu/check.sh``'s time limit) keeps what finished.
 
     Returns
     -------
     dict
-        :func:`device_info`'s keys, ``model`` (:func:`model_throughput`),
-        ``predict_patches_per_s`` (the whole predict call with host arrays at the best batch
-        size), ``region`` (:func:`region_on_device`) and ``seconds``.
+        :func:`device_info`'s keys, ``stage`` (``"region"`` when complete), ``model``
+        (:func:`model_throughput`), ``predict_patches_per_s`` (the whole predict call with
+        host arrays at the best batch size), ``region`` (:func:`region_on_device`) and
+        ``seconds``.
 
     Raises
     ------
@@ -452,6 +502,14 @@ def run_device_bench(
     dev = torch.device(device)
     cuda = dev.type == "cuda"
     figures = device_info(device)
+
+    def done(stage: str) -> None:
+        figures["stage"] = stage
+        figures["seconds"] = round(time.perf_counter() - t0, 1)
+        if on_stage is not None:
+            on_stage(dict(figures))
+
+    done("device")
     say(f"torch {figures['torch']} on {figures.get('gpu') or 'the CPU'}")
     loaded = load(model, device=device)
     sizes = list(batch_sizes or (DEFAULT_BATCH_SIZES if cuda else (64, 256)))
@@ -460,6 +518,7 @@ def run_device_bench(
     say(f"the student at batch sizes {sizes}: {', '.join(variants)}")
     figures["model"] = model_throughput(loaded, sizes, variants=variants,
                                         compile_backend=compile_backend)
+    done("model")
     best = figures["model"]["best"]["batch_size"]
     n = max(best, 2 * best if cuda else best)
     p = loaded.patch_size
@@ -471,11 +530,13 @@ def run_device_bench(
     t1 = time.perf_counter()
     loaded.predict(s2, s1, cloud, batch_size=best)
     figures["predict_patches_per_s"] = round(n / (time.perf_counter() - t1), 1)
+    done("predict")
     figures["region"] = region_on_device(device, read_threads=read_threads, batch_size=best,
                                          model=model, log=log)
-    figures["seconds"] = round(time.perf_counter() - t0, 1)
+    done("region")
     return figures
 
 
-__all__ = ["DEFAULT_BATCH_SIZES", "VARIANTS", "DeviceBusy", "device_info", "model_throughput",
-           "parse_smi_utilization", "region_on_device", "run_device_bench"]
+__all__ = ["DEFAULT_BATCH_SIZES", "VARIANTS", "DeviceBusy", "device_info", "gpu_uuid",
+           "model_throughput", "nvml_uuid", "parse_smi_utilization", "region_on_device",
+           "run_device_bench"]

@@ -16,8 +16,12 @@ demo region ("4x", 125 km^2, 6 chunks) and its centred quarter ("1x", 2 chunks):
 - ``stackstac_cpu_ratio`` (and ``odc_stac_cpu_ratio`` where odc-stac is installed): geoflow's
   read CPU seconds over stackstac's (``stackstac.stack`` + compute) for the same items,
   assets, bounds and resolution, one thread each, in the same process and run
-  (:func:`compare_readers`); ``read_mpix_per_cpu_s``: geoflow's output pixel-layers per CPU
-  second there;
+  (:func:`compare_readers`). The two sides do not produce the same layers: stackstac one
+  per item and asset (``stackstac_read_mpix``), geoflow solar-day mosaics, skipping blocks
+  that earlier items filled (``geoflow_read_mpix``, read layers only);
+  ``stackstac_cpu_per_mpix_ratio`` compares CPU per read pixel-layer and
+  ``stackstac_mosaic_cpu_ratio`` compares with stackstac + ``stackstac.mosaic`` per solar
+  day; ``read_mpix_per_cpu_s``: geoflow's read pixel-layers per CPU second there;
 - ``peak_rss_mb_1x`` / ``peak_rss_mb_4x``: peak resident memory of the client and all worker
   processes (sampled with psutil) for the two regions, and their ratio ``rss_ratio_4x_1x``;
 - ``baseline_km2_per_s``: the plain way in one process: compute the whole cube into memory,
@@ -139,14 +143,15 @@ def _sub_bbox(bbox: Sequence[float], fraction: float) -> tuple[float, float, flo
     return (cx - hx, cy - hy, cx + hx, cy + hy)
 
 
-def _cpu_seconds(procs: Sequence[psutil.Process]) -> float:
-    """User + system CPU seconds of ``procs`` so far (a process that ended counts 0)."""
-    total = 0.0
+def _cpu_seconds(procs: Sequence[psutil.Process]) -> dict[int, float]:
+    """User + system CPU seconds of each of ``procs`` so far, by pid (one that ended is left
+    out)."""
+    seconds = {}
     for proc in procs:
         with contextlib.suppress(psutil.Error):
             t = proc.cpu_times()
-            total += t.user + t.system
-    return total
+            seconds[proc.pid] = t.user + t.system
+    return seconds
 
 
 def _pids() -> tuple[int, int]:
@@ -166,9 +171,10 @@ def cluster_processes(client: Any) -> list[psutil.Process]:
     """
     pids = {os.getpid()}
     for worker, parent in client.run(_pids).values():
-        pids.add(int(worker))
-        if parent != os.getpid():  # a nanny (not this process, as with processes=False)
-            pids.add(int(parent))
+        # A worker in this process (processes=False) has no nanny: its parent is this
+        # process's parent (a shell), whose CPU is not the run's.
+        if int(worker) != os.getpid():
+            pids.update((int(worker), int(parent)))
     procs = []
     for pid in sorted(pids):
         with contextlib.suppress(psutil.Error):
@@ -178,6 +184,9 @@ def cluster_processes(client: Any) -> list[psutil.Process]:
 
 class CpuMeter:
     """CPU seconds (user + system) that a set of processes spends while the block runs.
+
+    A process that ends during the block (a worker that restarts) counts for nothing
+    rather than for minus its earlier CPU; its replacement is not in the set.
 
     Examples
     --------
@@ -191,14 +200,16 @@ class CpuMeter:
     def __init__(self, procs: Sequence[psutil.Process]) -> None:
         self.procs = list(procs)
         self.seconds = 0.0
-        self._start = 0.0
+        self._start: dict[int, float] = {}
 
     def __enter__(self) -> CpuMeter:
         self._start = _cpu_seconds(self.procs)
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.seconds = _cpu_seconds(self.procs) - self._start
+        end = _cpu_seconds(self.procs)
+        self.seconds = sum(end[pid] - start for pid, start in self._start.items()
+                           if pid in end)
 
 
 def _read_chunk_cube(chunk: Any, scenes: dict[str, list[dict]], gdal: dict[str, str],
@@ -297,9 +308,24 @@ def _read_then_model(client: Any, bbox: Sequence[float], dates: str, url: str,
             "model_cpu_s": model_cpu, "patch": patch}
 
 
+def _overhead_fraction(e2e_cpu: float, read_cpu: float, model_cpu: float) -> float:
+    """End-to-end CPU seconds minus read-only and model-only CPU, over end-to-end CPU: what
+    orchestration, writing and serving add (negative where the end-to-end run happened to
+    cost less than its parts measured apart)."""
+    return (e2e_cpu - read_cpu - model_cpu) / e2e_cpu
+
+
+def _read_layers(cube: Any) -> int:
+    """Pixel-layers of a cube that come from reading assets: reflectance, SCL and the SAR of
+    days that have a Sentinel-1 pass; not the cloud mask (derived from SCL) nor the SAR
+    fill of days without a pass."""
+    sar = cube["sar"].isel(time=cube["s1_available"].values)
+    return int(cube["reflectance"].size + cube["scl"].size + sar.size)
+
+
 def _geoflow_read(scenes: Any, plan: Any) -> int:
     """Every chunk's cube read into memory on this thread, as a worker reads them (one read
-    session); the cubes' pixel-layers (pixels x layers of all four variables)."""
+    session); the cubes' read pixel-layers (:func:`_read_layers`)."""
     from geoflow.cube import build_cube, close_datasets, read_session
 
     read_session(f"bench-compare-{time.time_ns()}")
@@ -307,28 +333,33 @@ def _geoflow_read(scenes: Any, plan: Any) -> int:
         size = 0
         for chunk in plan.chunks:
             cube = build_cube(scenes, chunk.read_grid).compute(scheduler="sync")
-            size += sum(int(v.size) for v in cube.data_vars.values())
+            size += _read_layers(cube)
         return size
     finally:
         read_session(None)
         close_datasets()
 
 
-def _stackstac_read(scenes: Any, grid: Any, chunks: tuple[int, int]) -> int:
+def _stackstac_read(scenes: Any, grid: Any, chunks: tuple[int, int], *,
+                    mosaic: bool = False) -> int:
     """``stackstac.stack`` + compute on this thread: the same items, assets, bounds and
     resolution as the cube (S2 bands and S1 bilinear, SCL nearest), one layer per item and
-    asset (no mosaics, no scaling); its pixel-layers."""
+    asset (no scaling); its pixel-layers. With ``mosaic``, the tutorial's same-product
+    pattern: each solar day's (S1: each pass's) layers are flattened with
+    ``stackstac.mosaic`` before compute (the pixel-layers are then the mosaics')."""
     import warnings
 
     import numpy as np
     import stackstac
     from rasterio.enums import Resampling
 
-    from geoflow.cube import SCL_ASSET, _as_dicts
+    from geoflow.cube import SCL_ASSET, _as_dicts, _item_time, solar_day
     from geoflow.sentinel import S1_BANDS, S2_BANDS
 
-    s2 = _as_dicts(scenes.s2, "Sentinel-2", [*S2_BANDS, SCL_ASSET])
-    s1 = _as_dicts(scenes.s1, "Sentinel-1", list(S1_BANDS))
+    # In time order, as stackstac orders them (it is told not to reorder, so the solar days
+    # below line up with its layers).
+    s2 = sorted(_as_dicts(scenes.s2, "Sentinel-2", [*S2_BANDS, SCL_ASSET]), key=_item_time)
+    s1 = sorted(_as_dicts(scenes.s1, "Sentinel-1", list(S1_BANDS)), key=_item_time)
     nan = np.float32(np.nan)
     size = 0
     for items, assets, resampling, dtype, fill in (
@@ -345,7 +376,11 @@ def _stackstac_read(scenes: Any, grid: Any, chunks: tuple[int, int]) -> int:
                 items, assets=assets, epsg=grid.epsg, resolution=grid.resolution,
                 bounds=grid.bounds, snap_bounds=False, resampling=resampling, chunksize=chunks,
                 dtype=np.dtype(dtype), fill_value=fill, rescale=False, xy_coords="center",
-                properties=False, band_coords=False)
+                properties=False, band_coords=False, sortby_date=False)
+            if mosaic:
+                days = np.array([str(solar_day(it).date()) for it in items])
+                arr = arr.assign_coords(day=("time", days)).groupby("day").map(
+                    stackstac.mosaic, dim="time", nodata=fill)
             size += int(arr.compute(scheduler="sync").size)
     return size
 
@@ -391,8 +426,10 @@ def compare_readers(bbox: Sequence[float], dates: str, url: str, model_path: str
 
     The same items, assets, bounds and 10 m resolution. geoflow reads the region chunk by
     chunk as a worker does (bilinear 20 m upsampling, scaling, solar-day mosaics, SCL, cloud
-    mask, SAR in dB); stackstac stacks and computes one layer per item and asset, without
-    mosaics or scaling; ``odc.stac.load`` (when installed) groups by solar day. Rounds are
+    mask, SAR in dB), skipping an item's block where earlier items of the day filled it;
+    stackstac stacks and computes one layer per item and asset, without mosaics or scaling,
+    and once more with ``stackstac.mosaic`` per solar day (the tutorial's pattern);
+    ``odc.stac.load`` (when installed) groups by solar day. Rounds are
     interleaved and each reader's smallest CPU time counts: process CPU time, not wall
     time, so other programs on the machine weigh little.
 
@@ -408,10 +445,15 @@ def compare_readers(bbox: Sequence[float], dates: str, url: str, model_path: str
     Returns
     -------
     dict
-        ``stackstac_cpu_ratio`` and ``odc_stac_cpu_ratio`` (geoflow's CPU seconds over the
-        other reader's; None without odc-stac), ``read_mpix_per_cpu_s`` (geoflow's output
-        pixel-layers, in millions, per CPU second), ``stackstac_mpix_per_cpu_s`` and the CPU
-        seconds ``geoflow_cpu_s``, ``stackstac_cpu_s``, ``odc_stac_cpu_s``.
+        ``stackstac_cpu_ratio``, ``stackstac_mosaic_cpu_ratio`` and ``odc_stac_cpu_ratio``
+        (geoflow's CPU seconds over the other reader's; None without odc-stac);
+        ``geoflow_read_mpix`` and ``stackstac_read_mpix`` (millions of pixel-layers read:
+        geoflow's reflectance, SCL and SAR of days with a pass, not the derived cloud mask;
+        stackstac's one per item and asset), ``stackstac_cpu_per_mpix_ratio`` (geoflow's
+        CPU per read Mpix over stackstac's), ``read_mpix_per_cpu_s`` and
+        ``stackstac_mpix_per_cpu_s`` (read pixel-layers per CPU second) and the CPU
+        seconds ``geoflow_cpu_s``, ``stackstac_cpu_s``, ``stackstac_mosaic_cpu_s``,
+        ``odc_stac_cpu_s``.
 
     Examples
     --------
@@ -426,11 +468,12 @@ def compare_readers(bbox: Sequence[float], dates: str, url: str, model_path: str
     scenes, plan, _ = _plan(bbox, dates, url, model_path)
     grid = plan.grid
     chunks = plan.chunks[0].read_grid.shape
-    cpu: dict[str, list[float]] = {"geoflow": [], "stackstac": [], "odc": []}
+    cpu: dict[str, list[float]] = {"geoflow": [], "stackstac": [], "mosaic": [], "odc": []}
     sizes: dict[str, int | None] = {}
     readers: dict[str, Callable[[], int | None]] = {
         "geoflow": lambda: _geoflow_read(scenes, plan),
         "stackstac": lambda: _stackstac_read(scenes, grid, chunks),
+        "mosaic": lambda: _stackstac_read(scenes, grid, chunks, mosaic=True),
         "odc": lambda: _odc_stac_read(scenes, grid),
     }
     with rasterio.Env(**gdal_settings()):
@@ -440,15 +483,23 @@ def compare_readers(bbox: Sequence[float], dates: str, url: str, model_path: str
                 sizes[name] = read()
                 if sizes[name] is not None:
                     cpu[name].append(time.process_time() - t0)
-    g, s = min(cpu["geoflow"]), min(cpu["stackstac"])
+    g, s, m = min(cpu["geoflow"]), min(cpu["stackstac"]), min(cpu["mosaic"])
     o = min(cpu["odc"]) if cpu["odc"] else None
+    g_mpix, s_mpix = (sizes["geoflow"] or 0) / 1e6, (sizes["stackstac"] or 0) / 1e6
     return {
         "stackstac_cpu_ratio": round(g / s, 3),
+        # Per pixel-layer read: stackstac reads every item's layer; geoflow reads fewer (it
+        # mosaics per solar day and skips an item's block where earlier items filled it).
+        "stackstac_cpu_per_mpix_ratio": round((g / g_mpix) / (s / s_mpix), 3),
+        "stackstac_mosaic_cpu_ratio": round(g / m, 3),
         "odc_stac_cpu_ratio": round(g / o, 3) if o else None,
-        "read_mpix_per_cpu_s": round((sizes["geoflow"] or 0) / 1e6 / g, 2),
-        "stackstac_mpix_per_cpu_s": round((sizes["stackstac"] or 0) / 1e6 / s, 2),
+        "read_mpix_per_cpu_s": round(g_mpix / g, 2),
+        "stackstac_mpix_per_cpu_s": round(s_mpix / s, 2),
+        "geoflow_read_mpix": round(g_mpix, 2),
+        "stackstac_read_mpix": round(s_mpix, 2),
         "geoflow_cpu_s": round(g, 3),
         "stackstac_cpu_s": round(s, 3),
+        "stackstac_mosaic_cpu_s": round(m, 3),
         "odc_stac_cpu_s": round(o, 3) if o else None,
     }
 
@@ -651,10 +702,14 @@ def run_bench(
         # tasks (what one core of a GPU node, whose model costs next to nothing, can feed).
         "read_only_km2_per_s": round(km2_4 / read_cpu, 3),
         # What orchestration, writing and serving add to reading and the model, in CPU time.
-        "overhead_fraction": round((e2e4_cpu - read_cpu - model_cpu) / e2e4_cpu, 3),
+        "overhead_fraction": round(_overhead_fraction(e2e4_cpu, read_cpu, model_cpu), 3),
         "stackstac_cpu_ratio": readers["stackstac_cpu_ratio"],
         "odc_stac_cpu_ratio": readers["odc_stac_cpu_ratio"],
         "read_mpix_per_cpu_s": readers["read_mpix_per_cpu_s"],
+        "stackstac_cpu_per_mpix_ratio": readers["stackstac_cpu_per_mpix_ratio"],
+        "stackstac_mosaic_cpu_ratio": readers["stackstac_mosaic_cpu_ratio"],
+        "geoflow_read_mpix": readers["geoflow_read_mpix"],
+        "stackstac_read_mpix": readers["stackstac_read_mpix"],
         "peak_rss_mb_1x": round(rss1_mb, 1),
         "peak_rss_mb_4x": round(rss4_mb, 1),
         "rss_ratio_4x_1x": round(rss4_mb / rss1_mb, 3),
@@ -671,6 +726,7 @@ def run_bench(
         "model_only_cpu_s_4x": round(model_cpu, 2),
         "geoflow_read_cpu_s": readers["geoflow_cpu_s"],
         "stackstac_read_cpu_s": readers["stackstac_cpu_s"],
+        "stackstac_mosaic_read_cpu_s": readers["stackstac_mosaic_cpu_s"],
         "odc_stac_read_cpu_s": readers["odc_stac_cpu_s"],
         "stackstac_mpix_per_cpu_s": readers["stackstac_mpix_per_cpu_s"],
         "baseline_seconds_4x": round(base4_s, 2),

@@ -699,6 +699,9 @@ def bench_cmd(
                                             "chunks read at once (default cores - 1)."),
     compile_model: bool | None = typer.Option(None, "--compile/--no-compile", help="With "
                                               "--device: try torch.compile (default: on GPUs)."),
+    stages: Path | None = typer.Option(None, "--stages", help="With --device: rewrite this "
+                                       "JSON file with the figures so far after each stage "
+                                       "(kept if the run is stopped)."),
 ) -> None:
     """Measure throughput (end to end, read only, model only), the read path's CPU against
     stackstac, overhead, memory and a plain baseline; or check a GPU (--device)."""
@@ -714,8 +717,14 @@ def bench_cmd(
         except ValueError:
             raise RequestError(f"--batch-sizes {batch_sizes!r} is not a list of integers",
                                hint="pass e.g. --batch-sizes 256,1024,4096") from None
+        def save(figures: dict[str, Any]) -> None:
+            if stages is not None:  # replaced whole: a reader never sees half a file
+                part = stages.with_name(stages.name + ".part")
+                part.write_text(json.dumps(figures, indent=2, default=str) + "\n")
+                part.replace(stages)
+
         result = run_device_bench(device, batch_sizes=sizes, read_threads=read_threads,
-                                  compile=compile_model, model=model, log=log)
+                                  compile=compile_model, model=model, log=log, on_stage=save)
         _print_json(result)
         return
     run = run_storage_bench if storage else run_cluster_bench if cluster else run_bench

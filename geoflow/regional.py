@@ -38,7 +38,8 @@ from geoflow._progress import auto_progress, check_progress
 from geoflow.errors import GeoflowError, RequestError, RunFailedError, strip_secrets
 from geoflow.retry import ChunkFailure, Clock, RetryPolicy, assets_are_local, attempt, short_error
 
-#: Futures in flight per worker: enough to keep each busy while the client handles results.
+#: Futures in flight per worker thread: enough to keep each busy while the client handles
+#: results (a worker with N threads, such as the GPU check's, runs N chunks at once).
 WINDOW_PER_WORKER = 2
 #: Patches per chunk side when the caller does not say. Bigger chunks read their assets with
 #: less overhead (fewer opens, fewer COG blocks decoded twice); memory per task grows with it
@@ -637,7 +638,7 @@ def _compute(info: Any, todo: list[Any], scenes: Any, spec: _TaskSpec, store: An
     payload = {"s2": list(scenes.s2), "s1": list(scenes.s1)}
     [scenes_future, model_future] = cl.scatter([payload, model_bytes], broadcast=True)
     resources = {"GPU": 1} if info.gpu else None
-    window = max(2, WINDOW_PER_WORKER * info.n_workers)
+    window = max(2, WINDOW_PER_WORKER * max(info.n_threads, info.n_workers))
     pending = iter(_strips(todo, [] if info.gpu else _worker_addresses(cl)))
     in_flight: dict[Any, Any] = {}
     finished = 0

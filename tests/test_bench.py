@@ -84,25 +84,111 @@ def test_cpu_meter_counts_a_listed_child_process():
         child.wait()
 
 
+def test_cpu_meter_skips_a_process_that_ends_during_the_block():
+    """A worker that ends (restarts) mid-run counts for nothing, not for minus its CPU."""
+    import subprocess
+    import sys
+
+    import psutil
+
+    from geoflow.bench import CpuMeter
+
+    child = subprocess.Popen([sys.executable, "-c", "import time\nt = time.process_time()\n"
+                               "while time.process_time() - t < 0.3: pass\ntime.sleep(30)"])
+    try:
+        proc = psutil.Process(child.pid)
+        while proc.cpu_times().user + proc.cpu_times().system < 0.3:
+            time.sleep(0.05)
+        with CpuMeter([psutil.Process(), proc]) as cpu:
+            child.kill()
+            child.wait()
+    finally:
+        child.kill()
+        child.wait()
+    assert 0 <= cpu.seconds < 0.2
+
+
+def test_cluster_processes_of_an_in_process_cluster_is_this_process(client):
+    """processes=False: the worker is this process and has no nanny; this process's parent
+    (the shell) is not the run's."""
+    import os
+
+    from geoflow.bench import cluster_processes
+
+    assert [p.pid for p in cluster_processes(client)] == [os.getpid()]
+
+
+@pytest.mark.slow
+def test_read_then_model_meters_the_worker_and_its_nanny(small_archive, stac_url, tmp_path):
+    """The bench's parts on a LocalCluster of one worker process: the worker's and its
+    nanny's pids (and this process's) are metered; the chunk tasks' read-only and
+    model-only CPU is there; the overhead fraction of a real run on the same processes is a
+    fraction."""
+    import json
+    import os
+
+    import psutil
+
+    from geoflow._cluster import close_local_cluster, gdal_settings, new_local_cluster
+    from geoflow.bench import CpuMeter, _overhead_fraction, _read_then_model, cluster_processes
+    from geoflow.model import DEFAULT_CHECKPOINT
+    from geoflow.regional import classify_region
+
+    info = json.loads((small_archive / "archive.json").read_text())
+    bbox, dates, model = info["demo_bbox"], info["datetime"], str(DEFAULT_CHECKPOINT)
+    cluster, client = new_local_cluster(1, gdal_settings())
+    try:
+        [worker] = client.run(os.getpid).values()
+        procs = {p.pid for p in cluster_processes(client)}
+        # The worker's nanny: in this process on a LocalCluster, its own process under
+        # `dask worker`; either way it is metered.
+        nanny = psutil.Process(worker).ppid()
+        assert worker != os.getpid() and procs == {os.getpid(), worker, nanny}
+        parts = _read_then_model(client, bbox, dates, stac_url, model)
+        assert parts["read_cpu_s"] > 0 and parts["model_cpu_s"] > 0
+        assert parts["read_s"] > 0 and parts["model_s"] > 0
+        with CpuMeter(cluster_processes(client)) as cpu:
+            classify_region(bbox, dates, out=str(tmp_path / "map.zarr"), catalog=stac_url,
+                            client=client, model=model, progress=False)
+        overhead = _overhead_fraction(cpu.seconds, parts["read_cpu_s"], parts["model_cpu_s"])
+        assert cpu.seconds > 0 and -1 < overhead < 1
+    finally:
+        close_local_cluster(cluster, client)
+
+
 @pytest.mark.slow
 def test_compare_readers_reads_the_same_region_with_each_reader(stac_url, small_archive):
     """geoflow, stackstac (and odc-stac where installed) read the small archive's demo
-    region on this thread; the figures are CPU seconds and their ratios."""
+    region on this thread. stackstac reads one layer per item and asset over the grid;
+    geoflow reads per solar day its bands and SCL, and SAR where the day has a pass (the
+    cloud mask is derived, not read): the pixel counts say so."""
     import importlib.util
     import json
 
-    from geoflow.bench import compare_readers
+    from geoflow.bench import _plan, compare_readers
+    from geoflow.cube import build_cube
     from geoflow.model import DEFAULT_CHECKPOINT
+    from geoflow.sentinel import S1_BANDS, S2_BANDS
 
     info = json.loads((small_archive / "archive.json").read_text())
-    out = compare_readers(info["demo_bbox"], info["datetime"], stac_url,
-                          str(DEFAULT_CHECKPOINT), rounds=1)
-    assert out["geoflow_cpu_s"] > 0 and out["stackstac_cpu_s"] > 0
-    assert out["stackstac_cpu_ratio"] == pytest.approx(
-        out["geoflow_cpu_s"] / out["stackstac_cpu_s"], rel=0.02)
-    assert out["read_mpix_per_cpu_s"] > 0 and out["stackstac_mpix_per_cpu_s"] > 0
+    bbox, dates, model = info["demo_bbox"], info["datetime"], str(DEFAULT_CHECKPOINT)
+    out = compare_readers(bbox, dates, stac_url, model, rounds=1)
+    scenes, plan, _ = _plan(bbox, dates, stac_url, model)
+    pixels = plan.grid.height * plan.grid.width
+    item_assets = (len(scenes.s2) * (len(S2_BANDS) + 1) + len(scenes.s1) * len(S1_BANDS))
+    assert out["stackstac_read_mpix"] == pytest.approx(item_assets * pixels / 1e6, abs=0.01)
+    cube = build_cube(scenes, plan.grid)  # lazy: only its shape and coordinates are used
+    days, with_sar = cube.sizes["time"], int(cube["s1_available"].sum())
+    layers = days * (len(S2_BANDS) + 1) + with_sar * len(S1_BANDS)
+    assert with_sar > 0 and layers < item_assets
+    assert out["geoflow_read_mpix"] == pytest.approx(layers * pixels / 1e6, abs=0.01)
+    g, s = out["geoflow_cpu_s"], out["stackstac_cpu_s"]
+    assert g > 0 and s > 0 and out["stackstac_mosaic_cpu_s"] > 0
+    assert out["stackstac_cpu_ratio"] == pytest.approx(g / s, rel=0.02)
+    assert out["stackstac_cpu_per_mpix_ratio"] == pytest.approx(
+        (g / out["geoflow_read_mpix"]) / (s / out["stackstac_read_mpix"]), rel=0.05)
+    assert out["read_mpix_per_cpu_s"] == pytest.approx(out["geoflow_read_mpix"] / g, rel=0.05)
     if importlib.util.find_spec("odc") and importlib.util.find_spec("odc.stac"):
-        assert out["odc_stac_cpu_ratio"] == pytest.approx(
-            out["geoflow_cpu_s"] / out["odc_stac_cpu_s"], rel=0.02)
+        assert out["odc_stac_cpu_ratio"] == pytest.approx(g / out["odc_stac_cpu_s"], rel=0.02)
     else:
         assert out["odc_stac_cpu_ratio"] is None

@@ -9,9 +9,11 @@
 #    bf16+channels_last / bf16+torch.compile, patches/s for batch sizes 256..8192; the demo
 #    region end to end on one GPU worker with N reader threads: e2e km²/s, GPU busy
 #    fraction (NVML or nvidia-smi) and where the chunks' time went (read / infer / write).
-# The JSON goes to stdout and, with --out FILE, to FILE. Options: --device (default cuda),
-# --out FILE, --batch-sizes LIST, --read-threads N, --no-compile, --limit SECONDS (default
-# 290: the whole bench is stopped, exit 124, if it runs longer).
+# The sample archive is created (once) and served before the timed part. The JSON goes to
+# stdout and, with --out FILE, to FILE. Options: --device (default cuda), --out FILE,
+# --batch-sizes LIST, --read-threads N, --no-compile, --limit SECONDS (default 290: the
+# bench is stopped if it runs longer; the stages that finished are still printed, with
+# "stage" naming the last, and the script exits 124).
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
@@ -26,7 +28,7 @@ while [ $# -gt 0 ]; do
         --limit) limit="$2"; shift 2 ;;
         --batch-sizes|--read-threads|--model) bench_args+=("$1" "$2"); shift 2 ;;
         --no-compile|--compile) bench_args+=("$1"); shift ;;
-        -h|--help) sed -n '2,15p' "${BASH_SOURCE[0]}"; exit 0 ;;
+        -h|--help) sed -n '2,17p' "${BASH_SOURCE[0]}"; exit 0 ;;
         *) echo "check.sh: unknown option $1 (see --help)" >&2; exit 64 ;;
     esac
 done
@@ -73,11 +75,42 @@ then
     exit 2
 fi
 
+# The sample archive before the clock starts: created once (under a minute), its server
+# started here and stopped at exit (one already running is left running).
+log "sample archive and its server"
+started="$("$py" - <<'PY'
+from geoflow.archive import default_archive_dir
+from geoflow.archive.server import running_server
+from geoflow.demo import ensure_archive
+was_running = running_server(default_archive_dir()) is not None
+ensure_archive(lambda msg: print(msg, file=__import__("sys").stderr))
+print("no" if was_running else "yes")
+PY
+)"
+stages="$(mktemp "${TMPDIR:-/tmp}/geoflow-gpu-check.XXXXXX")"
+# shellcheck disable=SC2317  # run by the EXIT trap
+cleanup() {
+    rm -f "$stages" "$stages.part"
+    if [ "$started" = yes ]; then
+        "$py" -m geoflow.cli archive stop >/dev/null 2>&1 || log "could not stop the archive server"
+    fi
+}
+trap cleanup EXIT
+
 log "geoflow bench --device $device (limit ${limit} s)"
-result="$(timeout "$limit" "$py" -m geoflow.cli bench --device "$device" --json \
-    ${bench_args[@]+"${bench_args[@]}"})"
-printf '%s\n' "$result"
-if [ -n "$out" ]; then
-    printf '%s\n' "$result" > "$out"
-    log "wrote $out"
+rc=0
+timeout "$limit" "$py" -m geoflow.cli bench --device "$device" --json --stages "$stages" \
+    ${bench_args[@]+"${bench_args[@]}"} >/dev/null || rc=$?
+if [ "$rc" -eq 124 ]; then
+    log "timed out after ${limit} s: the stages that finished follow (\"stage\" is the last)"
+elif [ "$rc" -ne 0 ]; then
+    log "geoflow bench --device $device failed (exit $rc)"
 fi
+if [ -s "$stages" ]; then
+    cat "$stages"
+    if [ -n "$out" ]; then
+        cp "$stages" "$out"
+        log "wrote $out"
+    fi
+fi
+exit "$rc"
