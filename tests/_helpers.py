@@ -66,3 +66,18 @@ def centre_quarter(archive: Path) -> tuple[tuple[float, float, float, float], st
     cx, cy = (w + e) / 2, (s + n) / 2
     hx, hy = (e - w) / 4, (n - s) / 4
     return (cx - hx, cy - hy, cx + hx, cy + hy), info["datetime"]
+
+
+def archive_items(archive: Path, base: str) -> list[dict]:
+    """An archive's S2 and S1 items as a user would hold them, hrefs made absolute under
+    ``base`` (a ``file://`` URI of the archive, or its server's URL)."""
+    import json
+
+    out = []
+    for name in ("sentinel-2-l2a", "sentinel-1-rtc"):
+        for line in (archive / "items" / f"{name}.ndjson").read_text().splitlines():
+            item = json.loads(line)
+            for asset in item["assets"].values():
+                asset["href"] = f"{base}/{asset['href']}"
+            out.append(item)
+    return out

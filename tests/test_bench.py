@@ -122,8 +122,7 @@ def test_cluster_processes_of_an_in_process_cluster_is_this_process(client):
 def test_read_then_model_meters_the_worker_and_its_nanny(small_archive, stac_url, tmp_path):
     """The bench's parts on a LocalCluster of one worker process: the worker's and its
     nanny's pids (and this process's) are metered; the chunk tasks' read-only and
-    model-only CPU is there; the overhead fraction of a real run on the same processes is a
-    fraction."""
+    model-only CPU is there; a real run's meter includes the worker's CPU."""
     import json
     import os
 
@@ -147,11 +146,14 @@ def test_read_then_model_meters_the_worker_and_its_nanny(small_archive, stac_url
         parts = _read_then_model(client, bbox, dates, stac_url, model)
         assert parts["read_cpu_s"] > 0 and parts["model_cpu_s"] > 0
         assert parts["read_s"] > 0 and parts["model_s"] > 0
-        with CpuMeter(cluster_processes(client)) as cpu:
+        # The end-to-end meter counts the worker's CPU, not only this process's. (The overhead
+        # of one cold run this small is not a figure: its parts were measured cold, the run
+        # warm, and CPU times swing; the bench takes medians over rounds of a larger region.)
+        with CpuMeter(cluster_processes(client)) as cpu, CpuMeter([psutil.Process()]) as own:
             classify_region(bbox, dates, out=str(tmp_path / "map.zarr"), catalog=stac_url,
                             client=client, model=model, progress=False)
-        overhead = _overhead_fraction(cpu.seconds, parts["read_cpu_s"], parts["model_cpu_s"])
-        assert cpu.seconds > 0 and -1 < overhead < 1
+        assert cpu.seconds > own.seconds > 0
+        assert _overhead_fraction(4.0, 1.0, 2.0) == pytest.approx(0.25)
     finally:
         close_local_cluster(cluster, client)
 

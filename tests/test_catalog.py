@@ -281,7 +281,7 @@ class _LeakySigner:
 
 def test_signer_errors_do_not_leak_tokens(small_archive: Path, models: tuple[str, str],
                                           client: Any, tmp_path: Path) -> None:
-    from _helpers import centre_quarter
+    from _helpers import archive_items, centre_quarter
 
     from geoflow.errors import RunFailedError
     from geoflow.regional import classify_region
@@ -292,13 +292,7 @@ def test_signer_errors_do_not_leak_tokens(small_archive: Path, models: tuple[str
     assert "https://acct.blob.core.windows.net/c/B04.tif" in str(err.value)
     # A real read whose signer raises a plain RuntimeError with the signature in it.
     archive = Path(small_archive)
-    items = []
-    for name in ("sentinel-2-l2a", "sentinel-1-rtc"):
-        for line in (archive / "items" / f"{name}.ndjson").read_text().splitlines():
-            item = json.loads(line)
-            for asset in item["assets"].values():
-                asset["href"] = f"{archive.as_uri()}/{asset['href']}"
-            items.append(item)
+    items = archive_items(archive, archive.as_uri())
     bbox, dates = centre_quarter(archive)
     out = tmp_path / "leak.zarr"
     with pytest.raises(RunFailedError) as failed:

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from _helpers import centre_quarter
+from _helpers import archive_items, centre_quarter
 
 from geoflow import signing
 from geoflow.catalog import CatalogSettings, scenes_from_items, search_scenes, split_catalogs
@@ -27,18 +27,6 @@ from geoflow.retry import RetryPolicy
 MAP_VARS = ("class", "confidence", "sar_weight", "cloud_fraction", "summary_class",
             "summary_confidence")
 FAST = RetryPolicy(attempts=2, backoff_s=0.1)
-
-
-def _items(archive: Path, base: str) -> list[dict[str, Any]]:
-    """An archive's items as a user would hold them, hrefs made absolute under ``base``."""
-    out = []
-    for name in ("sentinel-2-l2a", "sentinel-1-rtc"):
-        for line in (archive / "items" / f"{name}.ndjson").read_text().splitlines():
-            item = json.loads(line)
-            for asset in item["assets"].values():
-                asset["href"] = f"{base}/{asset['href']}"
-            out.append(item)
-    return out
 
 
 def _same(a: Any, b: Any) -> None:
@@ -94,7 +82,7 @@ def test_earth_search_archive_gives_the_same_map(
     assert {"blue", "rededge1", "nir08", "swir22", "scl"} <= set(first["assets"])
     assert first["properties"]["earthsearch:boa_offset_applied"] is False
     assert first["assets"]["red"]["raster:bands"][0]["offset"] == pytest.approx(-0.1)
-    items = _items(es, es.as_uri())
+    items = archive_items(es, es.as_uri())
     scenes = scenes_from_items(items)
     # Told apart by collection, profile guessed from the Earth Search property, offset
     # taken once from raster:bands (-0.1 / 0.0001 = -1000 DN).
@@ -174,7 +162,7 @@ def test_signing_lasts_past_the_token_life(region: Any, small_archive: Path,
         with SigningServer(Path(small_archive), ttl_s=ttl, announce_s=1.0) as srv:
             signer = signing.SasTokenSigner(f"{srv.url}/token", hosts=(srv.host,),
                                             margin_s=0.2)
-            items = _items(Path(small_archive), srv.url)
+            items = archive_items(Path(small_archive), srv.url)
 
             def slow(event: dict[str, Any]) -> None:
                 time.sleep(0.08)  # keep the run longer than the token's life
@@ -276,7 +264,7 @@ def test_a_signature_that_keeps_failing_fails_its_chunks_without_leaking_it(
         bbox, dates = region
         out = tmp_path / "refused.zarr"
         with pytest.raises(RunFailedError) as err:
-            classify_region(bbox, dates, items=_items(Path(small_archive), srv.url),
+            classify_region(bbox, dates, items=archive_items(Path(small_archive), srv.url),
                             signer=signer, client=client, model=model_path, chunk_patches=8,
                             retry=FAST, progress=False, out=str(out))
     assert "403" in str(err.value) and err.value.failures
@@ -327,12 +315,13 @@ def test_stackstac_reads_are_signed_too(region: Any, small_archive: Path,
     bbox, _ = region
     w, s, e, n = bbox
     grid = GridSpec.from_bbox((w, s, (w + e) / 2, (s + n) / 2), align=32)
-    local = scenes_from_items(_items(Path(small_archive), Path(small_archive).as_uri()))
+    archive = Path(small_archive)
+    local = scenes_from_items(archive_items(archive, archive.as_uri()))
     expected = build_cube(local, grid).compute(scheduler="sync")
     monkeypatch.setenv("GEOFLOW_CUBE_READER", "stackstac")  # the general (warped) reader
     signing.reset()
     with SigningServer(Path(small_archive), ttl_s=60.0) as srv:
-        remote = scenes_from_items(_items(Path(small_archive), srv.url), signer=(
+        remote = scenes_from_items(archive_items(Path(small_archive), srv.url), signer=(
             signing.SasTokenSigner(f"{srv.url}/token", hosts=(srv.host,))))
         with signing.activated(remote.signers):
             got = build_cube(remote, grid).compute(scheduler="sync")

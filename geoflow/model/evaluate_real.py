@@ -282,6 +282,25 @@ def _pct(v: float | None, width: int = 6) -> str:
     return f"{100 * v:{width}.1f}" if v is not None else f"{'-':>{width}}"
 
 
+
+def _target_lines(targets: dict[str, Any], indent: str) -> list[str]:
+    """The issue's targets that apply to a set, one line each, met or not."""
+    lines = []
+    for key, text in (
+            ("clear_fit_vs_ndwi", lambda r: f"clear window fit, student vs NDWI: "
+             f"{_pct(r['student'], 0)} vs {_pct(r['ndwi_rule'], 0)} "
+             f"({r['margin_points']:+.1f} points; target >= +5)"),
+            ("urban_built_up", lambda r: f"urban patches built-up by majority: "
+             f"{r['built_up']}/{r['patches']} (target >= half)"),
+            ("snow_not_industrial", lambda r: f"snowy windows Industrial: "
+             f"{r['industrial']}/{r['windows']} (target 0)"),
+            ("sea_water", lambda r: f"sea patches Water by majority: "
+             f"{r['water']}/{r['patches']} (target all)")):
+        if key in targets:
+            r = targets[key]
+            lines.append(f"{indent}{text(r)}  {'met' if r['met'] else 'NOT MET'}")
+    return lines
+
 def format_real(report: dict[str, Any], sets: Sequence[str] | None = None) -> str:
     """A plain-text table of :func:`evaluate_real`'s report.
 
@@ -315,25 +334,8 @@ def format_real(report: dict[str, Any], sets: Sequence[str] | None = None) -> st
         for fam, r in s["families"].items():
             lines.append(f"{fam:<16}{r['patches']:8d} {_pct(r['student_window_fit'], 12)} "
                          f"{_pct(r['student_patch_fit'], 7)} {_pct(r['ndwi_rule_window_fit'], 9)}")
-        t = s["targets"]
         lines.append("targets:")
-        if "clear_fit_vs_ndwi" in t:
-            r = t["clear_fit_vs_ndwi"]
-            lines.append(f"  clear window fit, student vs NDWI: {_pct(r['student'], 0)} vs "
-                         f"{_pct(r['ndwi_rule'], 0)} ({r['margin_points']:+.1f} points; target "
-                         f">= +5)  {'met' if r['met'] else 'NOT MET'}")
-        if "urban_built_up" in t:
-            r = t["urban_built_up"]
-            lines.append(f"  urban patches built-up by majority: {r['built_up']}/{r['patches']} "
-                         f"(target >= half)  {'met' if r['met'] else 'NOT MET'}")
-        if "snow_not_industrial" in t:
-            r = t["snow_not_industrial"]
-            lines.append(f"  snowy windows Industrial: {r['industrial']}/{r['windows']} "
-                         f"(target 0)  {'met' if r['met'] else 'NOT MET'}")
-        if "sea_water" in t:
-            r = t["sea_water"]
-            lines.append(f"  sea patches Water by majority: {r['water']}/{r['patches']} "
-                         f"(target all)  {'met' if r['met'] else 'NOT MET'}")
+        lines.extend(_target_lines(s["targets"], "  "))
         for key, label in (("shares_acquisition_with_dev", "shares an acquisition with dev"),
                            ("no_shared_acquisition", "no acquisition shared with dev")):
             part = s.get("by_acquisition", {}).get(key)
@@ -349,15 +351,7 @@ def format_real(report: dict[str, Any], sets: Sequence[str] | None = None) -> st
                 f"{_pct(fit['clear']['window_fit'], 0)} (NDWI rule "
                 f"{_pct(part['fit']['ndwi_rule']['clear']['window_fit'], 0)}), patches "
                 f"{_pct(fit['all']['patch_fit'], 0)}")
-            t = part["targets"]
-            if "clear_fit_vs_ndwi" in t:
-                r = t["clear_fit_vs_ndwi"]
-                lines.append(f"    clear window fit vs NDWI: {r['margin_points']:+.1f} points "
-                             f"(target >= +5)  {'met' if r['met'] else 'NOT MET'}")
-            if "snow_not_industrial" in t:
-                r = t["snow_not_industrial"]
-                lines.append(f"    snowy windows Industrial: {r['industrial']}/{r['windows']} "
-                             f"(target 0)  {'met' if r['met'] else 'NOT MET'}")
+            lines.extend(_target_lines(part["targets"], "    "))
         shown = sorted(s["predictions"].items(), key=lambda kv: -kv[1])
         lines.append("predictions: " + ", ".join(f"{c} {100 * v:.0f} %" for c, v in shown
                                                  if v > 0))
