@@ -170,7 +170,10 @@ def test_check_script_says_it_timed_out_and_keeps_the_archive_out_of_the_clock(
     assert proc.returncode == 124, proc.stderr[-2000:]
     assert "serving the sample archive" in proc.stderr
     assert "timed out after 1 s" in proc.stderr
-    assert proc.stdout == ""  # nothing finished within a second
+    # Only stages that finished within the second are printed (the device check may): never
+    # the demo region's.
+    if proc.stdout.strip():
+        assert json.loads(proc.stdout)["stage"] != "region"
 
 
 def _executing(dask_worker) -> int:

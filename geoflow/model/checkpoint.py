@@ -25,6 +25,7 @@ import hashlib
 import json
 import os
 import re
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -416,7 +417,9 @@ class CheckpointBytes:
             return target
         folder.mkdir(parents=True, exist_ok=True)
         for suffix, data in ((".json", self.metadata), (".safetensors", self.weights)):
-            tmp = folder / f".{self.name}{suffix}.{os.getpid()}.tmp"
+            # One temporary name per process and thread: a worker's threads may materialise
+            # the same checkpoint at once (chunks run concurrently on a multi-thread worker).
+            tmp = folder / f".{self.name}{suffix}.{os.getpid()}.{threading.get_ident()}.tmp"
             tmp.write_bytes(data)
             os.replace(tmp, folder / f"{self.name}{suffix}")
         return target

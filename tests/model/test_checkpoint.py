@@ -112,3 +112,30 @@ def test_a_pickle_in_disguise_is_never_unpickled(ckpt: Path, tmp_path: Path) -> 
     with pytest.raises(CheckpointError):
         read_checkpoint(ckpt)
     assert not (tmp_path / "pwned").exists()
+
+
+def test_checkpoint_bytes_materialise_once_from_many_threads(tmp_path: Path) -> None:
+    """A worker's threads write the same checkpoint at once (chunks run concurrently): every
+    thread gets the same files, whole, and no temporary file is left behind."""
+    import threading
+    from concurrent.futures import ThreadPoolExecutor
+
+    from geoflow.model import DEFAULT_CHECKPOINT
+    from geoflow.model.checkpoint import CheckpointBytes
+
+    sent = CheckpointBytes.from_path(DEFAULT_CHECKPOINT)
+    for attempt in range(5):  # a fresh folder each time: the threads race to create it
+        start = threading.Barrier(8)
+
+        def write(_: int, folder: Path = tmp_path / str(attempt),
+                  start: threading.Barrier = start) -> Path:
+            start.wait()
+            return sent.materialize(folder)
+
+        with ThreadPoolExecutor(8) as pool:
+            paths = list(pool.map(write, range(8)))
+        assert len(set(paths)) == 1
+        assert paths[0].read_bytes() == sent.weights
+        assert paths[0].with_suffix(".json").read_bytes() == sent.metadata
+        assert not list(paths[0].parent.glob("*.tmp"))
+    read_checkpoint(paths[0])  # loads and verifies its checksum
