@@ -39,9 +39,10 @@ from typing import Any
 
 import numpy as np
 
-from geoflow.archive import _clouds, _world
 from geoflow.errors import ArchiveError
 from geoflow.profiles import S2_SCALE, s2_offset
+from geoflow.synthetic import clouds as _clouds
+from geoflow.synthetic import world as _world
 
 # --------------------------------------------------------------------------- layout constants
 

@@ -37,6 +37,8 @@ import numpy as np
 
 from geoflow.errors import ModelError
 from geoflow.sentinel import HIDDEN_SCL, S2_10M, S2_BANDS
+from geoflow.synthetic import clouds as clouds_mod
+from geoflow.synthetic import world
 
 #: Cloud-cover bins used by evaluation, as (name, low, high) on the patch's cloud fraction.
 CLOUD_BINS = (("0-10", 0.0, 0.1), ("10-30", 0.1, 0.3), ("30-60", 0.3, 0.6),
@@ -95,16 +97,6 @@ class PatchSet:
                               for name, lo, hi in CLOUD_BINS},
             "sar_missing": int((~np.isfinite(self.s1[:, 0, 0, 0])).sum()),
         }
-
-
-def _world():
-    try:
-        from geoflow.archive import _clouds, _world
-    except ImportError as err:
-        raise ModelError(f"the synthetic world is not available ({err})",
-                         hint="install geoflow completely (geoflow.archive is part of it)",
-                         ) from None
-    return _world, _clouds
 
 
 def _mimic_20m(refl: np.ndarray) -> np.ndarray:
@@ -166,7 +158,6 @@ def make_patches(seed: int, domain: str, n: int, patch_size: int = 32, *,
     """
     if domain not in ("source", "target"):
         raise ModelError(f"unknown domain {domain!r}", hint="use 'source' or 'target'")
-    world, clouds_mod = _world()
     rng = np.random.default_rng([int(seed), 0 if domain == "source" else 1])
     p = int(patch_size)
     block = p * cell
@@ -194,11 +185,11 @@ def make_patches(seed: int, domain: str, n: int, patch_size: int = 32, *,
             for by in range(0, side, block):
                 for bx in range(0, side, block):
                     cover = _cloud_cover_draw(rng)
-                    cl = clouds_mod.simulate_clouds(rng, (block, block), cover)
+                    sky = clouds_mod.simulate_clouds(rng, (block, block), cover)
                     win = (slice(None), slice(by, by + block), slice(bx, bx + block))
-                    refl_c[win] = clouds_mod.apply_clouds(refl[win], cl)
+                    refl_c[win] = clouds_mod.apply_clouds(refl[win], sky)
                     # SCL is a 20 m product: classify at 20 m, back to 10 m like the cube.
-                    scl20 = clouds_mod.scl(lc[win[1:]][::2, ::2], cl.to_20m(),
+                    scl20 = clouds_mod.scl(lc[win[1:]][::2, ::2], sky.to_20m(),
                                            seen[by // 2:(by + block) // 2,
                                                 bx // 2:(bx + block) // 2])
                     cl10 = np.repeat(np.repeat(np.isin(scl20, HIDDEN_SCL), 2, 0), 2, 1)

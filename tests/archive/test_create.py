@@ -13,8 +13,9 @@ import rasterio
 
 from geoflow.archive import archive_info, create_archive
 from geoflow.archive import create as C
-from geoflow.archive._clouds import Clouds, apply_clouds, scl, simulate_clouds
-from geoflow.archive._world import (
+from geoflow.errors import ArchiveError, GeoflowError
+from geoflow.synthetic.clouds import Clouds, apply_clouds, scl, simulate_clouds
+from geoflow.synthetic.world import (
     CLASS_SCL,
     CLASSES,
     S2_10M,
@@ -25,7 +26,6 @@ from geoflow.archive._world import (
     s2_reflectance,
     to_20m,
 )
-from geoflow.errors import ArchiveError, GeoflowError
 
 
 def _items(root: Path, collection: str) -> list[dict[str, Any]]:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 
 import geoflow.model as gm
-from geoflow.archive import _clouds, _world
 from geoflow.cube import hidden_mask
 from geoflow.model.data import _mimic_20m
+from geoflow.synthetic import clouds as _clouds
+from geoflow.synthetic import world as _world
 
 _P = 32
 

@@ -21,7 +21,7 @@ season (meadows, winter cereals, summer crops, fallow; bare, ploughed and rough 
 crops), broadleaf forest, grass and shrub go dormant in winter while evergreen stands do not,
 a low winter sun darkens the scene, the sea is calm or wind-roughened, soils are wet or dry,
 and winter dates may be snowy (:func:`snow_cover`; Sentinel-2 SCL 11 where snow shows from
-above, see :func:`geoflow.archive._clouds.scl`).
+above, see :func:`geoflow.synthetic.clouds.scl`).
 
 Calibration
 -----------
@@ -58,7 +58,7 @@ patch by patch, and from published values:
 Examples
 --------
 >>> import numpy as np
->>> from geoflow.archive._world import landcover, s2_reflectance, s1_backscatter_db
+>>> from geoflow.synthetic.world import landcover, s2_reflectance, s1_backscatter_db
 >>> lc = landcover(0, (256, 256))
 >>> refl = s2_reflectance(lc, np.random.default_rng(1), doy=160)
 >>> refl.shape, refl.dtype.name
@@ -701,7 +701,7 @@ def snow_cover(landcover: np.ndarray, rng: np.random.Generator, doy: int) -> np.
     -------
     numpy.ndarray
         float32 (H, W) snow fraction on the ground (0..1). Pass it to :func:`s2_reflectance`,
-        :func:`s1_backscatter_db` and :func:`geoflow.archive._clouds.scl` of the same date.
+        :func:`s1_backscatter_db` and :func:`geoflow.synthetic.clouds.scl` of the same date.
 
     Examples
     --------

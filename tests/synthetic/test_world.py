@@ -5,8 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from geoflow.archive._clouds import Clouds, scl
-from geoflow.archive._world import (
+from geoflow.cube import hidden_mask
+from geoflow.sentinel import HIDDEN_SCL, SNOW_SCL
+from geoflow.synthetic.clouds import Clouds, scl
+from geoflow.synthetic.world import (
     CLASSES,
     FOREST,
     HERBACEOUS,
@@ -20,8 +22,6 @@ from geoflow.archive._world import (
     visible_snow,
     winterness,
 )
-from geoflow.cube import hidden_mask
-from geoflow.sentinel import HIDDEN_SCL, SNOW_SCL
 
 _SHAPE = (256, 256)
 

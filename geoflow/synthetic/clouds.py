@@ -7,8 +7,8 @@ patches, so the two look alike.
 Examples
 --------
 >>> import numpy as np
->>> from geoflow.archive._clouds import simulate_clouds, apply_clouds, scl
->>> from geoflow.archive._world import landcover, s2_reflectance
+>>> from geoflow.synthetic.clouds import simulate_clouds, apply_clouds, scl
+>>> from geoflow.synthetic.world import landcover, s2_reflectance
 >>> lc = landcover(0, (128, 128))
 >>> clouds = simulate_clouds(np.random.default_rng(0), lc.shape, cover=0.5)
 >>> cloudy = apply_clouds(s2_reflectance(lc, np.random.default_rng(1), 160), clouds)
@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from geoflow.archive._world import (
+from geoflow.synthetic.world import (
     CLASS_SCL,
     SCL_CIRRUS,
     SCL_CLOUD_HIGH,
@@ -217,7 +217,7 @@ def scl(landcover: np.ndarray, clouds: Clouds, snow: np.ndarray | None = None) -
         Layers of the same shape (``clouds.to_20m()`` for 20 m).
     snow
         Optional *visible* snow share of the same shape
-        (:func:`geoflow.archive._world.visible_snow`, averaged to 20 m like the clouds).
+        (:func:`geoflow.synthetic.world.visible_snow`, averaged to 20 m like the clouds).
 
     Returns
     -------
