@@ -507,24 +507,6 @@ _NO_FLAGS = V1Flags(frozenset(), frozenset())
 # --------------------------------------------------------------------------- v1 folders
 
 
-def _read_band_folder(folder: Path, names: Sequence[str], what: str) -> dict[str, np.ndarray]:
-    import rasterio
-
-    out: dict[str, np.ndarray] = {}
-    for name in names:
-        files = sorted(folder.glob(f"*_{name}.tif"))
-        if not files:
-            raise ModelError(f"{what} {folder} has no {name} band file",
-                             hint=f"BigEarthNet v1 folders hold <patch>_{name}.tif")
-        try:
-            with rasterio.open(files[0]) as src:
-                out[name] = src.read(1)
-        except rasterio.errors.RasterioIOError as err:
-            raise ModelError(f"{files[0]} is not a readable GeoTIFF ({err})",
-                             hint="re-extract the BigEarthNet archive") from None
-    return out
-
-
 def _read_json(path: Path) -> dict[str, Any]:
     try:
         return dict(json.loads(path.read_text(encoding="utf-8")))
@@ -578,19 +560,20 @@ def read_v1_folders(root: str | os.PathLike[str], *, flags: V1Flags | None = Non
         raise ModelError(f"no BigEarthNet v1 S2 patch folders under {root}",
                          hint="the layout is ROOT/<patch>/<patch>_B02.tif + "
                               "<patch>_labels_metadata.json (or one level deeper)")
-    from geoflow.sentinel import S2_BANDS
+    # Band-per-file folders are read by the GeoTIFF loaders' own readers (nearest onto the
+    # 10 m grid, DN / 10000 with DN 0 as no data, CRS and size checks).
+    from geoflow.model.loaders import _read_s1, _read_s2, _Window
 
+    whole = _Window(0, 0, None)
     records = []
     for name, folder in sorted(s2_dirs.items()):
         labels = _read_json(folder / f"{name}_labels_metadata.json").get("labels", [])
-        s1 = (_read_band_folder(s1_dirs[name], ("VV", "VH"), "S1 patch folder")
-              if name in s1_dirs else None)
+        s2, shape, crs = _read_s2(folder, whole, (PATCH_PX, PATCH_PX), offset_dn=0,
+                                  what=f"S2 patch {name}")
+        s1 = _read_s1(s1_dirs.get(name), whole, shape, crs, units="db", size=shape)
         records.append({
-            "id": name, "labels": list(labels), "source": "v1-folders",
-            "s2": _s2_from_bands(_read_band_folder(folder, S2_BANDS, "S2 patch folder"),
-                                 f"S2 patch {name}"),
-            "s1": _s1_from_bands(s1, f"S1 patch of {name}"), "cloudy": name in flags.cloudy,
-            "snowy": name in flags.snowy})
+            "id": name, "labels": list(labels), "source": "v1-folders", "s2": s2, "s1": s1,
+            "cloudy": name in flags.cloudy, "snowy": name in flags.snowy})
     return _assemble(records, snow_as_cloud, conditions_known=known)
 
 
