@@ -457,8 +457,9 @@ def _read_window(href: str, window: Any) -> tuple[np.ndarray, Any]:
                     except Exception:
                         # A handle kept from an earlier chunk can be stale (server restarted):
                         # open afresh once; a real fault then fails with the open's own
-                        # message (HTTP status).
-                        if attempt == 2:
+                        # message (HTTP status). A signed dataset has just done that itself,
+                        # with a new token (geoflow.signing): one retry per read, not two.
+                        if attempt == 2 or getattr(src, "geoflow_signed", None):
                             raise
             _forget(href)
         raise RuntimeError("the dataset was closed twice while being read")  # pragma: no cover

@@ -662,3 +662,51 @@ def test_a_block_the_asset_does_not_cover_is_fill_without_a_read(
         got = cube_mod._read_aligned(asset["href"], tf, shape, block, bilinear, dtype, fill)
         assert got.shape == (1, 1, 4, 6) and got.dtype == np.dtype(dtype)
         np.testing.assert_array_equal(got, np.full((1, 1, 4, 6), fill, dtype=dtype))
+
+
+def test_a_refused_signed_read_is_retried_once_not_twice_over(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retries live in one place: a signed dataset re-signs and reopens once on a failed
+    read, and the read session does not add a second reopen (and a second token) on top."""
+    from geoflow import signing
+    from geoflow.cube import _read_window, close_datasets, read_session
+
+    item = make_s2(tmp_path, "A", 0, X0, "2024-06-03T10:30:00Z", "05.10")
+    href = str(item["assets"]["B04"]["href"])
+    opened: list[str] = []
+    real_open = rasterio.open
+
+    class Refusing:
+        """A real dataset whose block reads are refused, as with a revoked signature."""
+
+        def __init__(self, url: str) -> None:
+            self.src = real_open(url.partition("?")[0])
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(self.src, name)
+
+        def read(self, *args: Any, **kwargs: Any) -> Any:
+            raise rasterio.errors.RasterioIOError("Read failed")
+
+    def refusing_open(url: str) -> Refusing:
+        opened.append(url)
+        return Refusing(url)
+
+    class Signer:
+        n = 0
+
+        def sign(self, h: str, refresh: bool = False) -> str:
+            Signer.n += refresh
+            return f"{h}?sig={Signer.n}"
+
+    monkeypatch.setattr(signing, "_rasterio_open", refusing_open)
+    signing.reset()
+    read_session("refused")
+    try:
+        with signing.activated([Signer()]), pytest.raises(RuntimeError, match="Read failed"):
+            _read_window(href, rasterio.windows.Window(0, 0, 4, 4))
+    finally:
+        close_datasets()
+        read_session(None)
+    assert opened == [f"{href}?sig=0", f"{href}?sig=1"]
+    assert signing.stats()["resigned"] == 1
