@@ -324,6 +324,27 @@ def _given(ctx: typer.Context, names: dict[str, str]) -> list[str]:
     return given
 
 
+def _echo_finetune(report: dict[str, Any]) -> None:
+    test, cv = report["test"], report["cv"]
+    typer.echo(f"fine-tuned in {report['seconds']:.0f} s -> {report['checkpoint']}")
+    typer.echo(f"  trained on {report['train']['patches']} patches "
+               f"({report['train']['groups']} groups)")
+    if cv is not None:
+        typer.echo(f"  cross-validated over {cv['folds']} folds of groups: every patch tested "
+                   "by a run that never saw its group")
+        rates = {"before": cv["before"], "after (out of fold)": cv["after"]}
+    else:
+        typer.echo(f"  tested on {test['patches']} patches of {len(test['groups'])} unseen "
+                   "groups")
+        rates = {"before": test["before"], "after": test["after"]}
+    for when, r in rates.items():
+        if r is not None:
+            clear = r["clear_window_fit"]
+            typer.echo(f"  {when:<6} window fit {100 * r['window_fit']:.1f} %"
+                       + (f" (clear {100 * clear:.1f} %)" if clear is not None else "")
+                       + f", patch fit {100 * r['patch_fit']:.1f} %")
+
+
 @app.command("train")
 def train_cmd(
     ctx: typer.Context,
@@ -342,6 +363,10 @@ def train_cmd(
                                       "start from (default: the shipped weights)."),
     classes: str = typer.Option("model", "--classes", help="With --finetune: 'model' (the "
                                 "start's classes) or 'ben19' (BigEarthNet's 19 classes)."),
+    folds: int = typer.Option(0, "--folds", help="With --finetune: cross-validate over K "
+                              "folds of whole groups (each patch tested once, by a run that "
+                              "never saw its group), then train on all patches. 0: one test "
+                              "split."),
     json_out: bool = typer.Option(False, "--json", help="Print the summary as JSON only."),
 ) -> None:
     """Train all stages (source, F1 auxiliaries, F2 students); resume an interrupted run.
@@ -358,23 +383,19 @@ def train_cmd(
         from geoflow.model.finetune import FinetuneConfig
         from geoflow.model.finetune import finetune as run_finetune
 
-        fcfg = FinetuneConfig(seed=seed, classes=classes, threads=threads,
+        fcfg = FinetuneConfig(seed=seed, classes=classes, threads=threads, folds=folds,
                               **({"epochs": epochs} if epochs is not None else {}))
         report = run_finetune(finetune, out, fcfg, start=model, progress=not json_out)
         if json_out:
             _print_json(report)
         else:
-            test = report["test"]
-            typer.echo(f"fine-tuned in {report['seconds']:.0f} s -> {report['checkpoint']}")
-            typer.echo(f"  trained on {report['train']['patches']} patches "
-                       f"({report['train']['groups']} groups); tested on {test['patches']} "
-                       f"patches of {len(test['groups'])} unseen groups")
-            for when in ("before", "after"):
-                r = test[when]
-                if r is not None:
-                    typer.echo(f"  {when:<6} window fit {100 * r['window_fit']:.1f} %, patch "
-                               f"fit {100 * r['patch_fit']:.1f} %")
+            _echo_finetune(report)
         return
+    only_finetune = _given(ctx, {"model": "--model", "classes": "--classes", "folds": "--folds"})
+    if only_finetune:
+        raise RequestError(f"{', '.join(only_finetune)} only apply with --finetune",
+                           hint="add --finetune DATA to adapt a trained student, or drop "
+                                f"{', '.join(only_finetune)} to train from scratch")
     from geoflow.model.train import TrainConfig, train
 
     cfg = TrainConfig(size=size, seed=seed, epochs=epochs, patch_size=patch_size, width=width,

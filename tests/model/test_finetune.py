@@ -19,6 +19,7 @@ from geoflow.model.finetune import (
     _coverage_nll,
     _mass_nll,
     finetune,
+    fold_groups,
     split_groups,
 )
 
@@ -34,6 +35,19 @@ def test_split_keeps_groups_whole_and_apart() -> None:
     assert split_groups(groups, 0.99, seed=0)[2] != sorted(set(groups))  # one group trains
     with pytest.raises(ModelError, match="one group"):
         split_groups(["x", "x"], 0.5, seed=0)
+
+
+def test_folds_keep_groups_whole_and_balance_the_patches() -> None:
+    groups = ["a"] * 5 + ["b"] * 3 + ["c"] * 2 + ["d"] * 2 + ["e"]
+    fold = fold_groups(groups, 3)
+    for g in set(groups):  # a group never straddles two folds
+        assert len({int(f) for f, h in zip(fold, groups, strict=True) if h == g}) == 1
+    assert sorted(np.bincount(fold, minlength=3).tolist()) == [4, 4, 5]
+    with pytest.raises(ModelError, match="3 folds need at least 3 groups") as err:
+        fold_groups(["x", "x", "y"], 3)
+    assert "--folds 2" in err.value.hint
+    with pytest.raises(ModelError, match="folds 0"):
+        FinetuneConfig(folds=1).validate()
 
 
 def test_losses_reward_mass_on_allowed_classes_and_label_coverage() -> None:
@@ -128,6 +142,30 @@ def test_finetune_reads_the_patch_folder_csv_layout(tmp_path: Path, capsys) -> N
         load_labelled(str(bad), CLASSES)
 
 
+def test_cross_validation_tests_every_patch_once_then_trains_on_all(
+        tmp_path: Path, capsys) -> None:  # type: ignore[no-untyped-def]
+    from geoflow.cli import main
+
+    path = _folder_csv(tmp_path)
+    main(["train", "--finetune", str(path), "--out", str(tmp_path / "cv"), "--epochs", "1",
+          "--folds", "3", "--json"])
+    rep = json.loads(capsys.readouterr().out)
+    cv, n = rep["cv"], rep["train"]["patches"]
+    assert rep["test"] is None and cv["folds"] == 3 and rep["train"]["groups"] == 3
+    # each patch predicted exactly once, by the fold that left its group out
+    assert cv["after"]["patches"] == cv["before"]["patches"] == n
+    assert cv["after"]["windows"] == 4 * n == sum(4 * f["patches"] for f in cv["per_fold"])
+    assert sorted(g for f in cv["per_fold"] for g in f["groups"]) == ["tile0", "tile1",
+                                                                      "tile2"]
+    meta = json.loads((tmp_path / "cv" / "finetuned.json").read_text())
+    assert meta["training"]["train_patches"] == n and meta["training"]["test_groups"] == []
+    assert meta["metrics"]["real_cv"]["after"] == cv["after"]
+    main(["train", "--finetune", str(path), "--out", str(tmp_path / "cv2"), "--epochs", "1",
+          "--folds", "2"])
+    out = capsys.readouterr().out
+    assert "cross-validated over 2 folds" in out and "after (out of fold) window fit" in out
+
+
 def test_finetuning_moves_predictions_toward_the_allowed_classes(tmp_path: Path) -> None:
     """A few deterministic steps on patches all labelled Barren (a class the shipped student
     rarely gives these synthetic patches) raise the share of Barren windows on them."""
@@ -176,6 +214,10 @@ def test_cli_rejects_options_that_would_be_ignored(capsys) -> None:  # type: ign
     with pytest.raises(SystemExit) as exc:
         main(["train", "--finetune", "bigearthnet", "--out", "x", "--width", "8"])
     assert exc.value.code == 2 and "--width cannot be used with --finetune" in \
+        capsys.readouterr().err
+    with pytest.raises(SystemExit) as exc:
+        main(["train", "--out", "x", "--folds", "3"])
+    assert exc.value.code == 2 and "--folds only apply with --finetune" in \
         capsys.readouterr().err
     with pytest.raises(SystemExit) as exc:
         main(["evaluate", "--real", "bigearthnet", "--seed", "5", "--n", "10"])
