@@ -779,6 +779,7 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
                            f"{type(items).__name__}",
                            hint="pass search.item_collection() or a list of pystac Items")
     found: dict[str, list[dict[str, Any]]] = {"s2": [], "s1": []}
+    origins: dict[str, set[tuple[str | None, str | None, str]]] = {"s2": set(), "s1": set()}
     profiles: list[Profile] = []
     for raw in items:
         item = raw.to_dict() if hasattr(raw, "to_dict") else raw
@@ -797,6 +798,7 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
             continue
         if prof not in profiles:
             profiles.append(prof)
+        origins[sensor].add((_root_href(item), item.get("collection"), prof.name))
         found[sensor].append(normalize_item(item, sensor, prof))
     if not found["s2"]:
         where = (f" in bbox {list(request.bbox)} and dates {request.datetime}"
@@ -812,9 +814,40 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
         if resolved is not None and resolved not in out:
             out.append(resolved)
     key = lambda i: (str(i.get("properties", {}).get("datetime")), i["id"])  # noqa: E731
+    settings, s1_settings = _items_catalogs(origins)
     return SceneSet(s2=sorted({i["id"]: i for i in found["s2"]}.values(), key=key),
                     s1=sorted({i["id"]: i for i in found["s1"]}.values(), key=key),
-                    signers=tuple(out))
+                    settings=settings, s1_settings=s1_settings, signers=tuple(out))
+
+
+def _root_href(item: Mapping[str, Any]) -> str | None:
+    for link in item.get("links") or []:
+        if isinstance(link, Mapping) and link.get("rel") == "root" and link.get("href"):
+            return str(link["href"]).rstrip("/")
+    return None
+
+
+def _items_catalogs(origins: Mapping[str, set[tuple[str | None, str | None, str]]]
+                    ) -> tuple[CatalogSettings | None, CatalogSettings | None]:
+    """Where a user's items came from, by their ``root`` links: the map records it, so a
+    reprocess fetches the same ids from the same catalog. None where some items do not say
+    (no root link, several catalogs or collections for one sensor)."""
+    one = {sensor: next(iter(o)) if len(o) == 1 and None not in next(iter(o))[:2] else None
+           for sensor, o in origins.items()}
+    s2, s1 = one["s2"], one["s1"]
+    if s2 is None or (origins["s1"] and s1 is None):
+        return None, None  # half a record would send a reprocess to the wrong place
+    try:
+        if s1 is not None and s1[0] == s2[0]:
+            return CatalogSettings(s2[0] or "", s2_collection=s2[1], s1_collection=s1[1],
+                                   profile=s2[2]), None
+        settings = CatalogSettings(s2[0] or "", s2_collection=s2[1], s1_collection=None,
+                                   profile=s2[2])
+        return settings, (CatalogSettings(s1[0] or "", s2_collection=None,
+                                          s1_collection=s1[1], profile=s1[2])
+                          if s1 is not None else None)
+    except CatalogError:  # a root that is no http(s) API (a static catalog's file)
+        return None, None
 
 
 def _in_request(item: Mapping[str, Any], request: Request, sensor: str) -> bool:

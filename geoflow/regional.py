@@ -319,6 +319,7 @@ def classify_region(
         Sentinel-1) items or item dicts, used instead of searching ``catalog``; items outside
         the bbox and dates (and S2 items over ``max_cloud``) are left out, as a search would.
         A signer that owns an href re-signs it on the workers; other hrefs are read as given.
+        The catalog their ``root`` links name is recorded for reprocessing.
     profile
         ``"planetary-computer"``, ``"earth-search"`` or ``"generic"``: overrides the profile
         guessed for ``catalog`` URLs or for ``items`` (a ready ``CatalogSettings`` with

@@ -72,6 +72,28 @@ def test_planetary_computer_sentinel1_rtc_item_is_accepted_as_published() -> Non
         normalize_item(bare, "s1", PROFILES["generic"])
 
 
+def test_items_record_the_catalogs_their_root_links_name() -> None:
+    pc = "https://planetarycomputer.microsoft.com/api/stac/v1"
+    s2, s1 = _load("planetary-computer-s2-l2a.json"), _load("planetary-computer-s1-rtc.json")
+    scenes = scenes_from_items([s2, s1])
+    assert scenes.settings is not None and scenes.s1_settings is None
+    assert (scenes.settings.url, scenes.settings.s2_collection, scenes.settings.s1_collection,
+            scenes.settings.profile_name) == (pc, "sentinel-2-l2a", "sentinel-1-rtc",
+                                              "planetary-computer")
+    # Earth Search's Sentinel-2 beside Planetary Computer's Sentinel-1: one catalog each.
+    scenes = scenes_from_items([_load("earth-search-s2-l2a.json"), s1])
+    assert scenes.settings is not None and scenes.s1_settings is not None
+    assert (scenes.settings.url, scenes.settings.s1_collection) == (
+        "https://earth-search.aws.element84.com/v1", None)
+    assert (scenes.s1_settings.url, scenes.s1_settings.s1_collection,
+            scenes.s1_settings.s2_collection) == (pc, "sentinel-1-rtc", None)
+    # Items that do not all say where they came from record nothing (a reprocess then needs
+    # --catalog), rather than half a record that would drop Sentinel-1.
+    s1["links"] = [link for link in s1["links"] if link["rel"] != "root"]
+    scenes = scenes_from_items([s2, s1])
+    assert scenes.settings is None and scenes.s1_settings is None
+
+
 def test_signatures_no_signer_owns_are_kept() -> None:
     # A pre-signed mirror read with the generic profile: no signer re-signs its hrefs, so
     # the signature they carry is what lets the read through.

@@ -53,8 +53,11 @@ def reference(region: Any, stac_url: str, client: Any, model_path: str) -> Any:
 
 
 def test_pystac_client_and_items_give_the_same_map_as_the_url(
-        reference: Any, region: Any, stac_url: str, client: Any, model_path: str) -> None:
+        reference: Any, region: Any, stac_url: str, client: Any, model_path: str,
+        tmp_path: Path) -> None:
     from pystac_client import Client
+
+    from geoflow.reprocess import reprocess
 
     bbox, dates = region
     stac = Client.open(stac_url)
@@ -65,9 +68,17 @@ def test_pystac_client_and_items_give_the_same_map_as_the_url(
     found = stac.search(collections=["sentinel-2-l2a", "sentinel-1-rtc"], bbox=list(bbox),
                         datetime=dates).item_collection()
     by_items = classify_region(bbox, dates, items=found, client=client, model=model_path,
-                               chunk_patches=2, retry=FAST, progress=False)
+                               chunk_patches=2, retry=FAST, progress=False,
+                               out=str(tmp_path / "items.zarr"))
     _same(by_items, reference)
     assert by_items.attrs["stac_inputs"] == reference.attrs["stac_inputs"]
+    # The items' root links say where they came from: a reprocess fetches them there,
+    # without being told the catalog.
+    assert by_items.attrs["stac_catalog"] == reference.attrs["stac_catalog"]
+    again = reprocess(tmp_path / "items.zarr", model=model_path, out=tmp_path / "again.zarr",
+                      client=client, retry=FAST, progress=False)
+    _same(again, reference)
+    assert again.attrs["stac_inputs"] == reference.attrs["stac_inputs"]
 
 
 def test_earth_search_archive_gives_the_same_map(
