@@ -165,7 +165,7 @@ def test_v1_pickles_are_decoded_without_running_anything(ben_root: Path,
 
 
 def test_s1_bands_missing_or_wrong_size_are_clear_errors() -> None:
-    from geoflow.model.bigearthnet import _s1_from_bands
+    from geoflow.model.bigearthnet.patches import _s1_from_bands
 
     vv = np.full((120, 120), -12.0, np.float32)
     assert _s1_from_bands({"VV": vv, "VH": vv - 6})[1, 0, 0] == -18.0
@@ -216,7 +216,7 @@ def test_fetch_checks_the_wheel_checksum(tmp_path: Path) -> None:
 def test_fetch_waits_for_the_lock_and_rechecks(tmp_path: Path) -> None:
     import threading
 
-    from geoflow.model.bigearthnet import _cache_lock
+    from geoflow.model.bigearthnet.samples import _cache_lock
 
     wheels = tmp_path / "wheels"
     wheels.mkdir()
@@ -249,7 +249,7 @@ def test_fetch_error_names_the_real_offline_folder(tmp_path: Path, monkeypatch) 
 def test_tar_members_are_checked(tmp_path: Path) -> None:
     import tarfile
 
-    from geoflow.model.bigearthnet import _extract_tar
+    from geoflow.model.bigearthnet.samples import _extract_tar
 
     bad = tmp_path / "bad.tar.bz2"
     with tarfile.open(bad, "w:bz2") as tf:
