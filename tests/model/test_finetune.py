@@ -11,6 +11,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from geoflow.errors import ModelError
 from geoflow.model.bigearthnet import BEN19
@@ -48,6 +50,22 @@ def test_folds_keep_groups_whole_and_balance_the_patches() -> None:
     assert "--folds 2" in err.value.hint
     with pytest.raises(ModelError, match="folds 0"):
         FinetuneConfig(folds=1).validate()
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.sampled_from("abcdefgh"), min_size=1, max_size=60), st.integers(2, 6))
+def test_any_folds_are_whole_groups_none_empty_and_balanced(groups: list[str],
+                                                            k: int) -> None:
+    if len(set(groups)) < k:
+        with pytest.raises(ModelError):
+            fold_groups(groups, k)
+        return
+    fold = fold_groups(groups, k)
+    assert len({(g, int(f)) for g, f in zip(groups, fold, strict=True)}) == len(set(groups))
+    sizes = np.bincount(fold, minlength=k)
+    assert len(sizes) == k and sizes.min() >= 1
+    # each group goes to the lightest fold: no fold outweighs another by more than a group
+    assert sizes.max() - sizes.min() <= max(groups.count(g) for g in set(groups))
 
 
 def test_losses_reward_mass_on_allowed_classes_and_label_coverage() -> None:
