@@ -254,8 +254,6 @@ def shutdown() -> None:
     --------
     >>> shutdown()
     """
-    from geoflow.archive.server import stop_server
-
     with _LOCK:
         _close_local()
         clients, _STATE["clients"] = dict(_STATE["clients"]), {}
@@ -263,6 +261,10 @@ def shutdown() -> None:
     for cl in clients.values():
         with contextlib.suppress(Exception):
             cl.close()
+    if not servers:  # most sessions never served the sample archive: do not import it at exit
+        return
+    from geoflow.archive.server import stop_server
+
     for directory in servers:
         with contextlib.suppress(Exception):
             stop_server(directory)

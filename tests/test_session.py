@@ -43,3 +43,17 @@ def test_a_running_server_is_left_alone(stac_server, small_archive, monkeypatch)
     assert session.get_catalog() == before
     session.shutdown()
     assert running_server(small_archive) == before
+
+
+def test_a_session_that_served_nothing_does_not_import_the_sample_archive() -> None:
+    """The sample archive is bootstrapping for the default catalog: a run on a user's catalog
+    never loads it, not even at interpreter exit (shutdown runs then)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, geoflow\nfrom geoflow import session\n"
+            "session.get_catalog('http://127.0.0.1:9')\nsession.shutdown()\n"
+            "print(sorted(m for m in sys.modules if m.startswith('geoflow.archive')))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, timeout=120)
+    assert out.stdout.strip() == "[]", out.stdout
