@@ -214,21 +214,17 @@ class CpuMeter:
 
 def _read_chunk_cube(chunk: Any, scenes: dict[str, list[dict]], gdal: dict[str, str],
                      session: str, io_threads: int) -> tuple[Any, float]:
-    """A chunk's cube read into memory as :func:`geoflow.regional.run_chunk` reads it, and
-    the CPU seconds this worker process spent on it (its reader threads included)."""
-    import rasterio
-
+    """A chunk's cube read into memory by :func:`geoflow.regional.read_chunk_cube` (what a
+    worker's chunk task runs), and the CPU seconds this worker process spent on it (its reader
+    threads included)."""
     from geoflow.catalog import SceneSet
-    from geoflow.cube import build_cube, read_session
+    from geoflow.cube import read_session
+    from geoflow.regional import read_chunk_cube
 
     t0 = time.process_time()
     read_session(session)
-    with rasterio.Env(**gdal):
-        cube = build_cube(SceneSet(s2=scenes["s2"], s1=scenes["s1"]), chunk.read_grid)
-        if io_threads <= 1:
-            cube = cube.compute(scheduler="sync")
-        else:
-            cube = cube.compute(scheduler="threads", num_workers=io_threads)
+    cube = read_chunk_cube(SceneSet(s2=scenes["s2"], s1=scenes["s1"]), chunk.read_grid, gdal,
+                           io_threads)
     return cube, time.process_time() - t0
 
 

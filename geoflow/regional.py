@@ -107,12 +107,25 @@ def run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
         return _run_chunk(chunk, scenes, spec, model_bytes)
 
 
-def _run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
-               model_bytes: Any) -> dict[str, Any]:
+def read_chunk_cube(scenes: Any, read_grid: Any, gdal: dict[str, str],
+                    io_threads: int) -> xr.Dataset:
+    """A chunk's cube read into memory as a worker reads it: under the run's GDAL settings,
+    on ``io_threads`` reader threads (``geoflow bench`` measures this same read)."""
     import rasterio
 
+    from geoflow.cube import build_cube
+
+    with rasterio.Env(**gdal):
+        cube = build_cube(scenes, read_grid)
+        if io_threads <= 1:
+            return cube.compute(scheduler="sync")
+        return cube.compute(scheduler="threads", num_workers=io_threads)
+
+
+def _run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
+               model_bytes: Any) -> dict[str, Any]:
     from geoflow.catalog import SceneSet
-    from geoflow.cube import build_cube, read_session
+    from geoflow.cube import read_session
     from geoflow.infer import add_summary, classify_window, get_model
 
     t0 = time.perf_counter()
@@ -127,15 +140,9 @@ def _run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
                 "worker_pid": os.getpid()}
     try:
         scene_set = SceneSet(s2=scenes["s2"], s1=scenes["s1"])
-
-        def read() -> xr.Dataset:
-            with rasterio.Env(**spec.gdal):
-                cube = build_cube(scene_set, chunk.read_grid)
-                if spec.io_threads <= 1:
-                    return cube.compute(scheduler="sync")
-                return cube.compute(scheduler="threads", num_workers=spec.io_threads)
-
-        cube = attempt(read, "reading the cube", spec.retry, spec.clock)
+        cube = attempt(lambda: read_chunk_cube(scene_set, chunk.read_grid, spec.gdal,
+                                               spec.io_threads),
+                       "reading the cube", spec.retry, spec.clock)
         t_read = time.perf_counter() - t0
         model = get_model(model_bytes, device=spec.device)
         result = classify_window(cube, model, spec.stride, batch_size=spec.batch_size or 256)
