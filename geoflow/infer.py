@@ -96,16 +96,15 @@ def get_model(path: Any = None, device: str | None = "auto") -> Any:
     True
     """
     import geoflow.model
-    from geoflow.model.checkpoint import CheckpointBytes, read_metadata
+    from geoflow.model.checkpoint import CheckpointBytes, read_metadata, train_dir_checkpoint
 
     if isinstance(path, CheckpointBytes):
         # Sent by the client: verified, then written once into this worker's own folder.
         path = path.materialize(_model_cache_dir())
     p = Path(path) if path is not None else geoflow.model.DEFAULT_CHECKPOINT
     if p.is_dir():  # a training directory: let load() pick its checkpoint, key on the dir
-        meta_path = next((p / f"{n}.json" for n in ("student_irm", "demo")
-                          if (p / f"{n}.json").is_file()), p)
-        checksum = str(read_metadata(meta_path)["checksum"]) if meta_path != p else ""
+        found = train_dir_checkpoint(p)
+        checksum = str(read_metadata(found)["checksum"]) if found is not None else ""
     else:
         checksum = str(read_metadata(p)["checksum"])
     dev = _resolve_device(device)

@@ -135,6 +135,14 @@ def test_model_is_loaded_once_per_process_and_again_when_replaced(model, ckpt, t
     _save_tiny_checkpoint(path, seed=2)  # retrained in place: new checksum, loaded again
     second = get_model(path, device="cpu")
     assert second is not first and second.checksum != first.checksum
+    # A fine-tuning's folder stands for its finetuned checkpoint, here as in load().
+    folder = tmp_path / "ft"
+    folder.mkdir()
+    _save_tiny_checkpoint(folder / "finetuned.safetensors", seed=1)
+    first = get_model(folder, device="cpu")
+    _save_tiny_checkpoint(folder / "finetuned.safetensors", seed=2)
+    second = get_model(folder, device="cpu")
+    assert second is not first and second.checksum != first.checksum
 
 
 # --------------------------------------------------------------------------- period summary

@@ -54,6 +54,32 @@ class Checkpoint:
     path: Path
 
 
+#: The checkpoints a training folder stands for, in the order they are looked for: a
+#: ``geoflow train --out`` folder (its student), the shipped weights' folder, a fine-tuning's.
+TRAIN_DIR_STEMS = ("student_irm", "demo", "finetuned")
+
+
+def train_dir_checkpoint(folder: str | os.PathLike[str]) -> Path | None:
+    """The checkpoint a training folder stands for (``NAME.safetensors`` of the first of
+    :data:`TRAIN_DIR_STEMS` whose metadata is there); None if it holds none.
+
+    Examples
+    --------
+    >>> from geoflow.model import DEFAULT_CHECKPOINT
+    >>> train_dir_checkpoint(DEFAULT_CHECKPOINT.parent).name
+    'demo.safetensors'
+    """
+    folder = Path(folder)
+    return next((folder / f"{stem}.safetensors" for stem in TRAIN_DIR_STEMS
+                 if (folder / f"{stem}.json").is_file()), None)
+
+
+def no_train_checkpoint(folder: Path, hint: str) -> CheckpointError:
+    """The error for a folder that holds none of :data:`TRAIN_DIR_STEMS`."""
+    names = ", ".join(TRAIN_DIR_STEMS[:-1]) + f" or {TRAIN_DIR_STEMS[-1]}"
+    return CheckpointError(f"directory {folder} holds no {names} checkpoint", hint=hint)
+
+
 def checkpoint_paths(path: str | os.PathLike[str]) -> tuple[Path, Path]:
     """``(weights, metadata)`` paths for a checkpoint given as ``NAME``, ``NAME.safetensors``
     or ``NAME.json``.

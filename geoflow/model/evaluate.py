@@ -76,14 +76,13 @@ def locate_models(path: str | os.PathLike[str] | None) -> dict[str, Path]:
     shipped ``demo.safetensors`` finds ``source.safetensors`` etc. in the weights directory).
     """
     from geoflow.model import DEFAULT_CHECKPOINT
+    from geoflow.model.checkpoint import train_dir_checkpoint
 
     p = Path(path) if path is not None else DEFAULT_CHECKPOINT
     found: dict[str, Path] = {}
     if p.is_dir():
         folder = p
-        # the same names, in the same order, as predict.load and the registry look for
-        student = next((folder / f"{n}.safetensors" for n in ("student_irm", "demo", "finetuned")
-                        if (folder / f"{n}.json").is_file()), None)
+        student = train_dir_checkpoint(folder)  # as predict.load and the registry read it
     else:
         if p.suffix not in (".safetensors", ".json"):
             p = p.with_name(p.name + ".safetensors")

@@ -23,9 +23,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from geoflow.errors import CheckpointError, ModelError
+from geoflow.errors import ModelError
 from geoflow.model import DEFAULT_CHECKPOINT
-from geoflow.model.checkpoint import Checkpoint, read_checkpoint
+from geoflow.model.checkpoint import (
+    Checkpoint,
+    no_train_checkpoint,
+    read_checkpoint,
+    train_dir_checkpoint,
+)
 from geoflow.model.networks import prepare_inputs
 
 
@@ -200,14 +205,11 @@ def load(path: str | os.PathLike[str] | None = None, device: str | torch.device 
     """
     p = Path(path) if path is not None else DEFAULT_CHECKPOINT
     if p.is_dir():
-        for name in ("student_irm", "demo", "finetuned"):
-            if (p / f"{name}.json").is_file():
-                p = p / f"{name}.safetensors"
-                break
-        else:
-            raise CheckpointError(f"directory {p} holds no student_irm, demo or finetuned "
-                                  "checkpoint",
-                                  hint="pass a NAME.safetensors file, or a directory written by "
-                                  "`geoflow train --out DIR` after it finished")
+        found = train_dir_checkpoint(p)
+        if found is None:
+            raise no_train_checkpoint(p, hint="pass a NAME.safetensors file, or a directory "
+                                              "written by `geoflow train --out DIR` after it "
+                                              "finished")
+        p = found
     ckpt = read_checkpoint(p, bands=bands, patch_size=patch_size)
     return LoadedModel(ckpt, resolve_device(device))

@@ -78,12 +78,13 @@ def _check_name(text: str, what: str = "model name") -> str:
 
 def _train_dir_file(path: Path) -> Path:
     # A `geoflow train --out` folder stands for its student, as geoflow.model.load reads it.
-    for stem in ("student_irm", "demo", "finetuned"):
-        if (path / f"{stem}.json").is_file():
-            return path / f"{stem}.safetensors"
-    raise CheckpointError(f"directory {path} holds no student_irm, demo or finetuned "
-                          "checkpoint",
-                          hint="pass a NAME.safetensors file, or a finished `geoflow train` folder")
+    from geoflow.model.checkpoint import no_train_checkpoint, train_dir_checkpoint
+
+    found = train_dir_checkpoint(path)
+    if found is None:
+        raise no_train_checkpoint(path, hint="pass a NAME.safetensors file, or a finished "
+                                             "`geoflow train` folder")
+    return found
 
 
 def _added(folder: Path) -> dict[str, Any]:
