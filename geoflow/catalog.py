@@ -712,6 +712,7 @@ def fetch_scenes(settings: Any, s2_ids: list[str], s1_ids: list[str], *,
     wanted_ids = {"s2": s2_ids, "s1": s1_ids}
     where = {key: cat for cat in catalogs.values() for key, coll in
              (("s2", cat.s2_collection), ("s1", cat.s1_collection)) if coll}
+    clients: dict[int, Any] = {}  # one client per catalog, however many sensors it serves
     for key in ("s2", "s1"):
         wanted = list(dict.fromkeys(str(i) for i in wanted_ids[key]))
         if not wanted:
@@ -722,7 +723,9 @@ def fetch_scenes(settings: Any, s2_ids: list[str], s1_ids: list[str], *,
             continue
         collection = str(cat.s2_collection if key == "s2" else cat.s1_collection)
         call = _Call(cat, policy, clock)
-        items = _fetch(_open_client(call), call, collection, wanted)
+        if id(cat) not in clients:
+            clients[id(cat)] = _open_client(call)
+        items = _fetch(clients[id(cat)], call, collection, wanted)
         got = {i["id"] for i in items}
         missing.extend(f"{collection}/{i}" for i in wanted if i not in got)
         found[key] = sorted(_normalize(items, key, cat), key=lambda i: (

@@ -148,6 +148,25 @@ def test_items_are_raw_dicts_with_proj_epsg_and_http_assets(requests_: dict[str,
     assert all(a["href"].startswith(stac_url + "/assets/") for a in item["assets"].values())
 
 
+def test_pinned_items_are_fetched_with_one_client_per_catalog(
+        requests_: dict[str, Request], stac_url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    import geoflow.catalog as catalog_mod
+    from geoflow.catalog import fetch_scenes
+
+    scenes = search_scenes(requests_["two_days"], stac_url)
+    opened: list[str] = []
+    real_open = catalog_mod._open_client
+
+    def counting_open(call: Any) -> Any:
+        opened.append(call.settings.url)
+        return real_open(call)
+
+    monkeypatch.setattr(catalog_mod, "_open_client", counting_open)
+    again = fetch_scenes(stac_url, scenes.ids["S2"], scenes.ids["S1"])
+    assert again.ids == scenes.ids and scenes.ids["S1"]
+    assert opened == [stac_url]  # one catalog serves both sensors: opened once
+
+
 def test_summary_rows(requests_: dict[str, Request], stac_url: str) -> None:
     scenes = search_scenes(requests_["everything"], stac_url)
     rows = scenes.summary()
