@@ -447,16 +447,13 @@ def _window_predictions(model: Any, data: LabelledPatches
 
 def _rates(data: LabelledPatches, patch: np.ndarray, labels: np.ndarray, probs: np.ndarray,
            sar_weight: np.ndarray) -> dict[str, Any]:
-    from geoflow.model.evaluate_real import patch_majority
+    from geoflow.model.evaluate_real import _score  # the fit rules of `geoflow evaluate --real`
 
-    n, k = data.allowed.shape
-    fit = data.allowed[patch, labels]
-    major = patch_majority(labels, patch, n, k, probs)
-    clear = data.clear[patch]
-    return {"patches": n, "windows": len(labels),
-            "window_fit": round(float(fit.mean()), 4),
-            "patch_fit": round(float(data.allowed[np.arange(n), major].mean()), 4),
-            "clear_window_fit": (round(float(fit[clear].mean()), 4) if clear.any() else None),
+    cond_p = np.where(data.clear, "clear", "other")
+    rows = _score(labels, data.allowed, patch, cond_p[patch], cond_p, probs)["rows"]
+    return {"patches": len(data), "windows": len(labels),
+            "window_fit": rows["all"]["window_fit"], "patch_fit": rows["all"]["patch_fit"],
+            "clear_window_fit": rows["clear"]["window_fit"],
             "sar_weight": round(float(sar_weight.mean()), 4)}
 
 
@@ -527,7 +524,6 @@ def finetune(data: str, out_dir: str | os.PathLike[str], config: FinetuneConfig 
     --------
     See the module docstring.
     """
-    from geoflow.model import DEFAULT_CHECKPOINT
     from geoflow.model.bigearthnet import BEN19, BEN19_COLORS
     from geoflow.model.checkpoint import read_checkpoint, save_checkpoint
     from geoflow.model.predict import LoadedModel, load, resolve_device
@@ -537,8 +533,9 @@ def finetune(data: str, out_dir: str | os.PathLike[str], config: FinetuneConfig 
     cfg.validate()
     t0 = time.perf_counter()
     torch.set_num_threads(cfg.threads or min(2, os.cpu_count() or 1))
-    start_path = resolve_model(start) if start is not None else DEFAULT_CHECKPOINT
-    ckpt = read_checkpoint(load(start_path, device="cpu").path)
+    start_path = resolve_model(start)  # None: the shipped weights
+    start_model = load(start_path, device="cpu")  # a folder stands for its checkpoint
+    ckpt = read_checkpoint(start_model.path)  # the copy that trains
     if cfg.classes == "ben19":
         if data.split(":", 1)[0].strip().lower() != "bigearthnet":
             raise ModelError("classes='ben19' needs BigEarthNet data",
@@ -555,8 +552,7 @@ def finetune(data: str, out_dir: str | os.PathLike[str], config: FinetuneConfig 
     cv: dict[str, Any] | None = None
     before: dict[str, Any] | None = None
     if cfg.folds:
-        cv = {"before": (fit_rates(load(start_path, device="cpu"), patches) if same_scheme
-                         else None),
+        cv = {"before": fit_rates(start_model, patches) if same_scheme else None,
               **_cross_validate(patches, ckpt.path, classes, colors, cfg, progress)}
         # The folds measured the recipe; the checkpoint learns from every patch.
         train_set, test_set = patches, None
@@ -565,7 +561,7 @@ def finetune(data: str, out_dir: str | os.PathLike[str], config: FinetuneConfig 
         train_idx, test_idx, test_groups = split_groups(patches.groups, cfg.test_fraction,
                                                         cfg.seed)
         train_set, test_set = patches.subset(train_idx), patches.subset(test_idx)
-        before = fit_rates(load(start_path, device="cpu"), test_set) if same_scheme else None
+        before = fit_rates(start_model, test_set) if same_scheme else None
 
     net, spec = _start_network(ckpt, classes)
     norm = ckpt.meta["norm"]
