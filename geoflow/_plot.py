@@ -48,11 +48,9 @@ def class_legend(ds: xr.Dataset | xr.DataArray) -> tuple[list[str], list[str]]:
 
         names, colors = list(CLASSES), list(CLASS_COLORS)
     if len(colors) < len(names):
-        from matplotlib import colormaps
-        from matplotlib.colors import to_hex
+        from geoflow.model._constants import fallback_colors
 
-        tab = colormaps["tab20"]
-        colors = colors + [to_hex(tab(i % 20)) for i in range(len(colors), len(names))]
+        colors = colors + fallback_colors(len(colors), len(names))
     return names, colors[:len(names)]
 
 

@@ -24,4 +24,22 @@ CLASS_COLORS: tuple[str, ...] = (
     "#ff8f00",  # Harbor: orange
 )
 
-__all__ = ["CLASSES", "CLASS_COLORS", "S1_POLS", "S2_BANDS"]
+
+
+def fallback_colors(start: int, stop: int) -> list[str]:
+    """Colours ``start`` to ``stop - 1`` of matplotlib's ``tab20`` palette (cycled): classes of
+    a scheme that brings no colours of its own.
+
+    Examples
+    --------
+    >>> fallback_colors(0, 2)
+    ['#1f77b4', '#aec7e8']
+    """
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    tab = colormaps["tab20"]
+    return [to_hex(tab(i % 20)) for i in range(start, stop)]
+
+
+__all__ = ["CLASSES", "CLASS_COLORS", "S1_POLS", "S2_BANDS", "fallback_colors"]

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from geoflow.errors import CheckpointError, ModelError
-from geoflow.model._constants import CLASS_COLORS, CLASSES, S1_POLS, S2_BANDS
+from geoflow.model._constants import CLASS_COLORS, CLASSES, S1_POLS, S2_BANDS, fallback_colors
 from geoflow.model.networks import ArchSpec, build_network, count_parameters, default_norm
 
 FORMAT = "geoflow-checkpoint"
@@ -235,14 +235,7 @@ def class_scheme(classes: Sequence[str] | None, colors: Sequence[str] | None,
     if any(not n.strip() for n in names) or len(set(names)) != len(names):
         raise ModelError("class names must be non-empty and distinct",
                          hint=f"check the class list {names[:5]}...")
-    if colors is None:
-        from matplotlib import colormaps
-        from matplotlib.colors import to_hex
-
-        tab = colormaps["tab20"]
-        palette = [to_hex(tab(i % 20)) for i in range(n_classes)]
-    else:
-        palette = [str(c) for c in colors]
+    palette = fallback_colors(0, n_classes) if colors is None else [str(c) for c in colors]
     if len(palette) != n_classes or not all(_HEX.fullmatch(c) for c in palette):
         raise ModelError(f"{len(palette)} colours for {n_classes} classes, or not all #rrggbb",
                          hint="give one '#rrggbb' colour per class, in class order")

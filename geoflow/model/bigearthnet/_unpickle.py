@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from geoflow.errors import ModelError
+from geoflow.model.loaders import _band_key
 
 
 class _Inert:
@@ -153,7 +154,7 @@ def decode_v1_pickle(data: bytes) -> dict[str, Any]:
                     isinstance(state.get("name"), str):
                 arr = state["data"].array
                 if arr is not None:
-                    bands[_band_name(state["name"])] = arr
+                    bands[_band_key(state["name"])] = arr
             if labels is None and isinstance(obj.get("labels"), list) and \
                     all(isinstance(x, str) for x in obj["labels"]):
                 labels = list(obj["labels"])
@@ -161,9 +162,3 @@ def decode_v1_pickle(data: bytes) -> dict[str, Any]:
         raise ModelError("a BigEarthNet v1 LMDB value holds no bands or no labels",
                          hint="pass a BigEarthNet v1 (BigEarthNetEncoded) LMDB")
     return {"bands": bands, "labels": labels}
-
-def _band_name(name: str) -> str:
-    m = re.fullmatch(r"B0?(\d{1,2})(A?)", name.strip().upper())
-    if not m:
-        return name.strip().upper()
-    return f"B{int(m.group(1))}A" if m.group(2) else f"B{int(m.group(1)):02d}"
