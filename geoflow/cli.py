@@ -868,7 +868,7 @@ def main(argv: list[str] | None = None) -> None:
             sys.exit(status)
         if os.environ.get("GEOFLOW_DEBUG"):
             raise
-        typer.echo(f"error: internal error in geoflow: {strip_secrets(short_error(err))}. "
+        typer.echo(f"error: internal error in geoflow: {short_error(err)}. "
                    "Fix: this is a bug; rerun with GEOFLOW_DEBUG=1 for the traceback and "
                    "report it", err=True)
         sys.exit(70)

@@ -156,7 +156,7 @@ def _run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
 
         attempt(write, "writing the chunk", spec.retry, spec.clock)
     except ChunkFailure as err:
-        reason = strip_secrets(str(err))  # signed hrefs in a GDAL message lose their tokens
+        reason = str(err)  # built by short_error: signed hrefs have lost their tokens
         store.record_failure(chunk.id, reason)
         return {"chunk": chunk.id, "status": "failed", "reason": reason,
                 "seconds": time.perf_counter() - t0}

@@ -640,7 +640,7 @@ def reprocess_catalog(
                 except Exception as err:  # one map's failure must not stop the archive
                     if not isinstance(err, GeoflowError):
                         log.exception("reprocessing %s failed", item.id)
-                    row.update(status="failed", reason=strip_secrets(short_error(err)),
+                    row.update(status="failed", reason=short_error(err),
                                seconds=round(time.perf_counter() - t_map, 3))
                     log.warning("map %s failed: %s", item.id, row["reason"])
                     continue

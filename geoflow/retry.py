@@ -37,7 +37,7 @@ from typing import Any, TypeVar
 from urllib.parse import urlsplit
 
 from geoflow._options import number
-from geoflow.errors import DeadlineError, GeoflowError, RequestError
+from geoflow.errors import DeadlineError, GeoflowError, RequestError, strip_secrets
 
 T = TypeVar("T")
 
@@ -296,11 +296,13 @@ def clear_gdal_http_cache() -> None:
 
 
 def short_error(err: BaseException, limit: int = 400) -> str:
-    """One line naming an error and its innermost cause (which names the HTTP status)."""
+    """One line naming an error and its innermost cause (which names the HTTP status), without
+    secrets: what ledgers, reports and messages show (a GDAL message can quote a signed URL)."""
     text = f"{type(err).__name__}: {err}"
     cause = err.__cause__
     if cause is not None and str(cause) not in text:
         text += f" (cause: {type(cause).__name__}: {cause})"
+    text = strip_secrets(text)
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

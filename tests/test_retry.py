@@ -108,3 +108,19 @@ def test_the_clock_caps_waits_and_says_what_it_stopped():
     assert RetryPolicy().start().ends_at is None
     ends = RetryPolicy(deadline_s=60).start().ends_at
     assert ends is not None and 59 < ends - time.time() <= 60
+
+
+def test_short_errors_carry_no_secrets() -> None:
+    """Ledgers, reports and messages show errors through short_error: a GDAL message that
+    quotes a signed URL (here in the cause) loses its token there, in one place."""
+    from geoflow.retry import short_error
+
+    try:
+        try:
+            raise OSError("HTTP 403 for https://acct.blob.core.windows.net/c/b04.tif?se=1&sig=S3")
+        except OSError as cause:
+            raise RuntimeError("Error reading 'b04.tif'") from cause
+    except RuntimeError as err:
+        text = short_error(err)
+    assert "HTTP 403" in text and "acct.blob.core.windows.net/c/b04.tif" in text
+    assert "sig=" not in text and "S3" not in text
