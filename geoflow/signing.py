@@ -147,13 +147,32 @@ class _CachedTokenSigner:
             except CatalogError:
                 raise
             except Exception as err:
-                raise CatalogError(f"getting a signing token for {strip_secrets(href)} failed: "
-                                   f"{strip_secrets(str(err))[:300]}",
-                                   hint="check the token endpoint and the network") from None
+                # Transient (a 503, a timeout): an OSError, retried by the read's policy on
+                # either reader, like the read it stands in front of.
+                raise TokenFetchError(f"getting a signing token for {strip_secrets(href)} "
+                                      f"failed: {strip_secrets(str(err))[:300]}; check the "
+                                      "token endpoint and the network") from None
             with _LOCK:
                 _TOKENS[key] = cached
                 _STATS["tokens"] += 1
         return _with_token(href, cached[0])
+
+
+class TokenFetchError(OSError):
+    """A signing token could not be fetched (endpoint down, timeout, HTTP error): transient, so
+    not a :class:`~geoflow.errors.GeoflowError`: the read's retry policy tries again."""
+
+
+def _get_token(url: str, headers: dict[str, str] | None, timeout_s: float
+               ) -> tuple[str, float]:
+    """One SAS token request: (token, expiry as a Unix time) from a ``{"token",
+    "msft:expiry"}`` answer (Planetary Computer's token API and its stand-ins)."""
+    import requests
+
+    answer = requests.get(url, headers=headers, timeout=timeout_s)
+    answer.raise_for_status()
+    body = answer.json()
+    return str(body["token"]), _expiry(body["msft:expiry"])
 
 
 @dataclass(frozen=True)
@@ -193,12 +212,7 @@ class SasTokenSigner(_CachedTokenSigner):
                                  or (parts.hostname or "") in self.hosts) else None
 
     def _fetch(self, key: str) -> tuple[str, float]:
-        import requests
-
-        answer = requests.get(key, timeout=self.timeout_s)
-        answer.raise_for_status()
-        body = answer.json()
-        return str(body["token"]), _expiry(body["msft:expiry"])
+        return _get_token(key, None, self.timeout_s)
 
 
 @dataclass(frozen=True)
@@ -228,25 +242,12 @@ class PlanetaryComputerSigner(_CachedTokenSigner):
         return f"{host.split('.', 1)[0]}/{container}"
 
     def _fetch(self, key: str) -> tuple[str, float]:
-        sas = _planetary_computer().sas
-        account, container = key.split("/", 1)
-        # The package caches too, renewing only under 60 s: drop its entry so a refresh (or
-        # our larger margin) really gets a new token.
-        settings = sas.Settings.get()
-        url = f"{settings.sas_url}/{account}/{container}"
-        sas.TOKEN_CACHE.pop(url, None)
         # The package's get_token has no timeout (a dead connection would hang the read past
-        # the run's deadline): ask its endpoint, with its key, under a bounded timeout, and
-        # read the answer with its SASToken model.
-        import requests
-
+        # the run's deadline): ask its endpoint (PC_SDK_SAS_URL), with its key, ourselves.
+        settings = _planetary_computer().sas.Settings.get()
         headers = ({"Ocp-Apim-Subscription-Key": settings.subscription_key}
                    if settings.subscription_key else None)
-        answer = requests.get(url, headers=headers, timeout=self.timeout_s)
-        answer.raise_for_status()
-        token = sas.SASToken(**answer.json())
-        sas.TOKEN_CACHE[url] = token
-        return str(token.token), token.expiry.timestamp()
+        return _get_token(f"{settings.sas_url}/{key}", headers, self.timeout_s)
 
 
 def _planetary_computer() -> Any:
@@ -474,5 +475,6 @@ def reset() -> None:
         _ACTIVE_COUNTS.clear()
 
 
-__all__ = ["HrefSigner", "PlanetaryComputerSigner", "SasTokenSigner", "activated", "current",
+__all__ = ["HrefSigner", "PlanetaryComputerSigner", "SasTokenSigner", "TokenFetchError",
+           "activated", "current",
            "open_raster", "resolve_signer", "sign", "sign_items", "stats"]

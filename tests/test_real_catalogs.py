@@ -401,3 +401,23 @@ def test_signers_merge_across_runs_and_a_cached_read_never_signs() -> None:
         assert signing._ACTIVE[0] == ()
     finally:
         signing.reset()
+
+
+def test_a_token_endpoint_that_fails_is_retried_like_a_read() -> None:
+    """A failed token request is transient (an OSError, never a GeoflowError): the read's
+    retry policy tries again on either reader, and the message keeps no secret."""
+    from geoflow.retry import ChunkFailure, attempt
+
+    signing.reset()
+    signer = signing.SasTokenSigner("http://127.0.0.1:9/token", hosts=("pc.example.org",),
+                                    timeout_s=2.0)
+    calls: list[int] = []
+
+    def sign() -> str:
+        calls.append(1)
+        return signer.sign("https://pc.example.org/c/b04.tif?sig=OLD")
+
+    with pytest.raises(ChunkFailure, match="getting a signing token") as err:
+        attempt(sign, "reading the cube", RetryPolicy(attempts=3, backoff_s=0))
+    assert len(calls) == 3 and isinstance(err.value.__cause__, signing.TokenFetchError)
+    assert "sig=OLD" not in str(err.value)
