@@ -172,3 +172,16 @@ def test_class_names_stay_unique_whatever_the_titles() -> None:
     assert names[:3] == ["a", "a_2", "a_2_2"]
     assert [c.title for c in out[:-1]] == titles  # the labels are kept as titles
     assert all(re.fullmatch(r"[0-9A-Za-z_-]+", n) for n in names)
+
+
+def test_class_names_clean_to_distinct_identifiers() -> None:
+    """Any class scheme: names become classification-extension identifiers, and names that
+    collide once cleaned (or with the nodata entry's) get their value, then a counter."""
+    from geoflow.stac_maps import _classes
+
+    got = _classes({"classes": ["a", "a_2", "a?", "no data", "No-data", "Moors, heath"],
+                    "class_colors": ["#112233"]})
+    names = [c.name for c in got]
+    assert names == ["a", "a_2", "a_2_2", "no_data_3", "No-data", "Moors_heath", "no_data"]
+    assert [c.title for c in got[:3]] == ["a", "a_2", "a?"]
+    assert got[0].color_hint == "112233" and got[1].color_hint is None
