@@ -52,6 +52,7 @@ from geoflow.profiles import (
     Profile,
     get_profile,
     guess_profile,
+    item_overlaps,
     missing_polarisations,
     normalize_item,
     sensor_of,
@@ -820,7 +821,8 @@ def scenes_from_items(items: Any, profile: str | Profile | None = None,
     settings, s1_settings = _items_catalogs(origins)
     return SceneSet(s2=sorted({i["id"]: i for i in found["s2"]}.values(), key=key),
                     s1=sorted({i["id"]: i for i in found["s1"]}.values(), key=key),
-                    settings=settings, s1_settings=s1_settings, signers=tuple(out))
+                    request=request, settings=settings, s1_settings=s1_settings,
+                    signers=tuple(out))
 
 
 def _root_href(item: Mapping[str, Any]) -> str | None:
@@ -868,17 +870,9 @@ def _in_request(item: Mapping[str, Any], request: Request, sensor: str) -> bool:
     if when:
         ts = pd.Timestamp(when)
         ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
-        start, end = (pd.Timestamp(t) for t in (request.start, request.end))
-        start = start.tz_localize("UTC") if start.tzinfo is None else start
-        end = end.tz_localize("UTC") if end.tzinfo is None else end
-        if not start <= ts <= end:
+        if not request.start <= ts <= request.end:  # a Request's ends are UTC already
             return False
-    ib = item.get("bbox")
-    if ib:
-        w, s_, e, n = (float(ib[i]) for i in ((0, 1, 3, 4) if len(ib) == 6 else (0, 1, 2, 3)))
-        bw, bs, be, bn = request.bbox
-        return w < be and e > bw and s_ < bn and n > bs
-    return True
+    return item_overlaps(item, request.bbox)
 
 
 def _item_profile(item: Mapping[str, Any]) -> Profile:

@@ -54,6 +54,7 @@ from geoflow.profiles import (
     S2_SCALE,
     SCL_ASSET,
     item_offset,
+    item_overlaps,
     s2_offset,
 )
 from geoflow.sentinel import HIDDEN_SCL, S1_BANDS, S2_BANDS
@@ -139,15 +140,6 @@ def _as_dicts(items: Sequence[Any] | None, sensor: str, assets: Sequence[str]) -
                             hint=f"{sensor} items need the assets {list(assets)}")
         out.append(item)
     return out
-
-
-def _overlaps(item: Mapping[str, Any], bbox: Sequence[float]) -> bool:
-    ib = item.get("bbox")
-    if not ib:
-        return True  # let stackstac decide from proj metadata
-    # A 3D bbox is [w, s, zmin, e, n, zmax].
-    w, s, e, n = (float(ib[i]) for i in ((0, 1, 3, 4) if len(ib) == 6 else (0, 1, 2, 3)))
-    return w < bbox[2] and e > bbox[0] and s < bbox[3] and n > bbox[1]
 
 
 def _chunks(chunksize: int | Sequence[int] | None, grid: GridSpec) -> tuple[int, int]:
@@ -767,7 +759,7 @@ def build_cube(
     area = grid.bbox_lonlat
     # A window that no scene reaches (a chunk past the archive's edge) is all no-data, not an
     # error: a regional run maps it as no-data instead of failing the chunk.
-    s2_items = [it for it in s2_all if _overlaps(it, area)]
+    s2_items = [it for it in s2_all if item_overlaps(it, area)]
     nt, (ny, nx) = len(days), grid.shape
     cy, cx = chunks
     refl_days: list[Any] = [None] * nt
@@ -807,7 +799,7 @@ def build_cube(
     cloud = hidden_mask(scl)
 
     # --- Sentinel-1: group frames of one pass, pair each S2 date with the nearest pass.
-    s1_items = [it for it in s1_all if _overlaps(it, area)]
+    s1_items = [it for it in s1_all if item_overlaps(it, area)]
     s1_items.sort(key=lambda it: (_item_time(it), it["id"]))
     passes: dict[tuple[pd.Timestamp, str], list[dict]] = {}
     for it in s1_items:

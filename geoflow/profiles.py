@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 from urllib.parse import urlsplit
@@ -196,6 +196,25 @@ def _raster_offset(asset: Mapping[str, Any], item_id: Any) -> float | None:
                         f"Sentinel-2 L2A at 1/{S2_SCALE:g}",
                         hint="use L2A items whose DNs are reflectance x 10000")
     return round(offset / scale, 6)
+
+
+def item_overlaps(item: Mapping[str, Any], bbox: Sequence[float]) -> bool:
+    """Whether a STAC item's ``bbox`` (2D or 3D) meets ``bbox`` (w, s, e, n, the same CRS,
+    lon/lat); True for an item without one (its proj metadata decides later).
+
+    Examples
+    --------
+    >>> item_overlaps({"bbox": [0, 0, 0, 2, 2, 10]}, (1, 1, 3, 3))
+    True
+    >>> item_overlaps({"bbox": [0, 0, 1, 1]}, (1, 1, 3, 3))
+    False
+    """
+    ib = item.get("bbox")
+    if not ib:
+        return True
+    # A 3D bbox is [w, s, zmin, e, n, zmax].
+    w, s, e, n = (float(ib[i]) for i in ((0, 1, 3, 4) if len(ib) == 6 else (0, 1, 2, 3)))
+    return w < bbox[2] and e > bbox[0] and s < bbox[3] and n > bbox[1]
 
 
 def item_offset(item: Mapping[str, Any]) -> float:
@@ -377,6 +396,7 @@ __all__ = [
     "get_profile",
     "guess_profile",
     "item_offset",
+    "item_overlaps",
     "missing_polarisations",
     "normalize_item",
     "s2_offset",

@@ -36,6 +36,7 @@ from geoflow._cluster import gdal_settings
 from geoflow._options import RunOptions
 from geoflow._progress import auto_progress, check_progress
 from geoflow.errors import GeoflowError, RequestError, RunFailedError, strip_secrets
+from geoflow.profiles import item_overlaps
 from geoflow.retry import ChunkFailure, Clock, RetryPolicy, assets_are_local, attempt, short_error
 
 #: Futures in flight per worker thread: enough to keep each busy while the client handles
@@ -76,14 +77,6 @@ class _TaskSpec:
     chunk_hook: Callable[[Any, xr.Dataset, Any], xr.Dataset] | None = None
     #: Sign asset hrefs just before each read (geoflow.signing); kept out of the repr.
     signers: tuple[Any, ...] = field(default=(), repr=False)
-
-
-def _overlaps(item: dict, bbox: Sequence[float]) -> bool:
-    ib = item.get("bbox")
-    if not ib:
-        return True
-    w, s, e, n = (ib[0], ib[1], ib[3], ib[4]) if len(ib) == 6 else ib
-    return w < bbox[2] and e > bbox[0] and s < bbox[3] and n > bbox[1]
 
 
 def _open_store(path: str, storage_options: Mapping[str, Any] | None = None) -> Any:
@@ -131,7 +124,7 @@ def _run_chunk(chunk: Any, scenes: dict[str, list[dict]], spec: _TaskSpec,
     t0 = time.perf_counter()
     read_session(spec.session or None)
     store = _open_store(spec.store_path, spec.storage_options)
-    if not any(_overlaps(it, chunk.read_grid.bbox_lonlat) for it in scenes["s2"]):
+    if not any(item_overlaps(it, chunk.read_grid.bbox_lonlat) for it in scenes["s2"]):
         # A chunk beyond the scenes' footprints (the region's edge past the archive): a valid,
         # empty map, not a failure.
         store.write_chunk(chunk, store.empty_chunk(chunk))
@@ -387,7 +380,6 @@ def classify_region(
         from geoflow.catalog import scenes_from_items
 
         scenes = scenes_from_items(items, profile=profile, signer=signer, request=request)
-        scenes.request = request
     else:
         settings = session.get_catalog(catalog)
         job.clock.check("starting the catalog")
