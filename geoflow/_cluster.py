@@ -231,8 +231,8 @@ class ClusterInfo:
     n_workers: int
     gpu: bool
     dashboard: str | None
-    #: Threads of all workers together (tasks the cluster runs at once); 0: not known.
-    n_threads: int = 0
+    #: Threads of all workers together (tasks the cluster runs at once; at least n_workers).
+    n_threads: int
 
 
 def _worker_resources(client: Client) -> list[dict[str, float]]:

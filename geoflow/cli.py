@@ -731,7 +731,6 @@ def bench_cmd(
     log = None if as_json else typer.echo
     if device is not None:
         from geoflow._device_bench import run_device_bench
-        from geoflow.errors import RequestError
 
         try:
             sizes = [int(v) for v in batch_sizes.split(",")] if batch_sizes else None
@@ -777,7 +776,6 @@ def export_cmd(
     as_json: bool = typer.Option(False, "--json", help="Print the written paths as JSON only."),
 ) -> None:
     """Export a map layer as a COG with a colour table and/or a PNG quicklook."""
-    from geoflow.errors import RequestError
     from geoflow.export import export_cog, quicklook_png
 
     if cog is None and png is None:

@@ -638,7 +638,7 @@ def _compute(info: Any, todo: list[Any], scenes: Any, spec: _TaskSpec, store: An
     payload = {"s2": list(scenes.s2), "s1": list(scenes.s1)}
     [scenes_future, model_future] = cl.scatter([payload, model_bytes], broadcast=True)
     resources = {"GPU": 1} if info.gpu else None
-    window = max(2, WINDOW_PER_WORKER * max(info.n_threads, info.n_workers))
+    window = max(2, WINDOW_PER_WORKER * info.n_threads)
     pending = iter(_strips(todo, [] if info.gpu else _worker_addresses(cl)))
     in_flight: dict[Any, Any] = {}
     finished = 0
