@@ -77,17 +77,23 @@ def device_info(device: str) -> dict[str, Any]:
     return info
 
 
-def _inputs(model: Any, n: int, device: Any) -> dict[str, Any]:
-    """``n`` plausible patches (land reflectance, SAR in dB, a few clouds) as the network's
-    input tensors on ``device``."""
-    from geoflow.model.networks import prepare_inputs
-
-    rng = np.random.default_rng(0)
+def _patches(model: Any, n: int, seed: int = 0, clouds: bool = True
+             ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``n`` plausible patches: land reflectance, SAR in dB, a few clouds (or none)."""
+    rng = np.random.default_rng(seed)
     p = model.patch_size
     s2 = rng.uniform(0.02, 0.4, (n, len(model.meta["bands"]), p, p)).astype(np.float32)
     s1 = rng.uniform(-20.0, -5.0, (n, len(model.meta["sar_bands"]), p, p)).astype(np.float32)
-    cloud = (rng.uniform(0, 1, (n, p, p)) > 0.8).astype(np.float32)
-    return prepare_inputs(s2, s1, cloud, model.meta["norm"], device=device)
+    cloud = ((rng.uniform(0, 1, (n, p, p)) > 0.8).astype(np.float32) if clouds
+             else np.zeros((n, p, p), np.float32))
+    return s2, s1, cloud
+
+
+def _inputs(model: Any, n: int, device: Any) -> dict[str, Any]:
+    """:func:`_patches` as the network's input tensors on ``device``."""
+    from geoflow.model.networks import prepare_inputs
+
+    return prepare_inputs(*_patches(model, n), model.meta["norm"], device=device)
 
 
 def _variant(model: Any, name: str, compile_backend: str) -> tuple[Any, bool, bool]:
@@ -401,7 +407,7 @@ def region_on_device(device: str, *, read_threads: int | None = None, batch_size
     True
     """
     from geoflow._cluster import prepare_cluster
-    from geoflow.bench import CpuMeter, _any_asset, _sub_bbox, _warm_worker, cluster_processes
+    from geoflow.bench import CpuMeter, _warm, cluster_processes
     from geoflow.demo import served_archive
     from geoflow.model import DEFAULT_CHECKPOINT
     from geoflow.regional import classify_region
@@ -423,10 +429,8 @@ def region_on_device(device: str, *, read_threads: int | None = None, batch_size
             prepare_cluster(client)
             procs = cluster_processes(client)
             say(f"warming up one {device} worker with {threads} reader threads")
-            client.run(_warm_worker, model_path, _any_asset(url, dates, bbox))
-            classify_region(_sub_bbox(bbox, 0.3), dates, out=os.path.join(tmp, "warm.zarr"),
-                            catalog=url, client=client, model=model_path, device=device,
-                            batch_size=batch_size, progress=False)
+            _warm(client, url, dates, bbox, model_path, [os.path.join(tmp, "warm.zarr")],
+                  device=device, batch_size=batch_size, progress=False)
             say(f"demo region end to end on {device}")
             with DeviceBusy(device) as busy, CpuMeter(procs) as cpu:
                 t0 = time.perf_counter()
@@ -520,12 +524,8 @@ def run_device_bench(
                                         compile_backend=compile_backend)
     done("model")
     best = figures["model"]["best"]["batch_size"]
-    n = max(best, 2 * best if cuda else best)
-    p = loaded.patch_size
-    rng = np.random.default_rng(1)
-    s2 = rng.uniform(0.02, 0.4, (n, len(loaded.meta["bands"]), p, p)).astype(np.float32)
-    s1 = rng.uniform(-20.0, -5.0, (n, len(loaded.meta["sar_bands"]), p, p)).astype(np.float32)
-    cloud = np.zeros((n, p, p), np.float32)
+    n = 2 * best if cuda else best
+    s2, s1, cloud = _patches(loaded, n, seed=1, clouds=False)
     loaded.predict(s2[:best], s1[:best], cloud[:best], batch_size=best)  # warm
     t1 = time.perf_counter()
     loaded.predict(s2, s1, cloud, batch_size=best)

@@ -523,6 +523,21 @@ def _warm_worker(model_path: str, href: str) -> str:
     return str(model.device)
 
 
+def _warm(client: Any, url: str, dates: str, bbox: Sequence[float], model_path: str,
+          outs: Sequence[str], **classify_kw: Any) -> list[str]:
+    """Warm a cluster before timing it: every worker loads the model, runs a batch and reads
+    an asset (a run of one chunk would warm one worker only); then one small run per store in
+    ``outs`` warms the catalog and the store code. The workers' devices."""
+    from geoflow.regional import classify_region
+
+    href = _any_asset(url, dates, bbox)
+    devices = sorted(set(client.run(_warm_worker, model_path, href).values()))
+    for out in outs:
+        classify_region(_sub_bbox(bbox, 0.3), dates, out=out, catalog=url, client=client,
+                        model=model_path, **classify_kw)
+    return devices
+
+
 def _any_asset(url: str, dates: str, bbox: Sequence[float]) -> str:
     from geoflow.catalog import search_scenes
     from geoflow.request import Request
@@ -623,13 +638,8 @@ def run_bench(
             try:
                 cl = prepare_cluster(client)
                 say(f"warming up {cl.n_workers} workers")
-                # Every worker loads the model, runs a batch and reads an asset (a run of one
-                # chunk would warm one worker only); then one small run warms the catalog and
-                # the store code.
-                href = _any_asset(url, dates, bbox1)
-                device = sorted(set(client.run(_warm_worker, model_path, href).values()))
-                classify_region(_sub_bbox(bbox1, 0.3), dates, out=os.path.join(tmp, "warm.zarr"),
-                                catalog=url, client=client, model=model_path)
+                device = _warm(client, url, dates, bbox1, model_path,
+                               [os.path.join(tmp, "warm.zarr")])
 
                 procs = cluster_processes(client)
 
@@ -895,11 +905,8 @@ def run_storage_bench(
         try:
             cl = prepare_cluster(client)
             say(f"warming up {cl.n_workers} workers")
-            href = _any_asset(url, dates, bbox)
-            client.run(_warm_worker, model_path, href)
-            for target in (os.path.join(tmp, "warm.zarr"), f"s3://{bucket}/warm.zarr"):
-                classify_region(_sub_bbox(bbox, 0.3), dates, out=target, catalog=url,
-                                client=client, model=model_path)
+            _warm(client, url, dates, bbox, model_path,
+                  [os.path.join(tmp, "warm.zarr"), f"s3://{bucket}/warm.zarr"])
             seconds: dict[str, list[float]] = {"disk": [], "s3": []}
             digests: dict[str, set[str]] = {"disk": set(), "s3": set()}
             km2 = 0.0
