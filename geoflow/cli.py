@@ -737,11 +737,11 @@ def bench_cmd(
         except ValueError:
             raise RequestError(f"--batch-sizes {batch_sizes!r} is not a list of integers",
                                hint="pass e.g. --batch-sizes 256,1024,4096") from None
+        from geoflow._jsonfile import write_json
+
         def save(figures: dict[str, Any]) -> None:
             if stages is not None:  # replaced whole: a reader never sees half a file
-                part = stages.with_name(stages.name + ".part")
-                part.write_text(json.dumps(figures, indent=2, default=str) + "\n")
-                part.replace(stages)
+                write_json(stages, figures, indent=2, default=str)
 
         result = run_device_bench(device, batch_sizes=sizes, read_threads=read_threads,
                                   compile=compile_model, model=model, log=log, on_stage=save)

@@ -39,6 +39,7 @@ from typing import Any
 import numpy as np
 import xarray as xr
 
+from geoflow._jsonfile import write_json
 from geoflow.errors import RequestError, StoreError, strip_secrets
 
 log = logging.getLogger(__name__)
@@ -467,13 +468,6 @@ def _done_already(out: Path, report: Path, prev_url: str, checksum: str,
     return rep if isinstance(rep, dict) else None
 
 
-def _write_json(path: Path, doc: Any) -> None:
-    """Replace ``path`` whole (a reader never sees half a summary)."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1, sort_keys=True, default=str) + "\n")
-    os.replace(tmp, path)
-
-
 def reprocess_catalog(
     catalog: str | os.PathLike[str],
     *,
@@ -598,7 +592,7 @@ def reprocess_catalog(
         summary["counts"] = {"selected": len(items), **{
             s: sum(1 for r in rows if r["status"] == s) for s in ("done", "skipped", "failed")}}
         summary["seconds"] = round(time.perf_counter() - t_start, 3)
-        _write_json(root / "summary.json", summary)
+        write_json(root / "summary.json", summary, sort_keys=True, default=str)
 
     try:
         for item in items:

@@ -44,7 +44,6 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
-import json
 import os
 import re
 from collections.abc import Iterator, Mapping, Sequence
@@ -58,6 +57,7 @@ from pystac.extensions.classification import Classification, ClassificationExten
 from pystac.extensions.projection import ProjectionExtension
 from pystac.validation.stac_validator import JsonSchemaSTACValidator
 
+from geoflow._jsonfile import write_json
 from geoflow.grid import _DENSIFY, GridSpec
 from geoflow.store import MapStore, _Files
 
@@ -275,11 +275,8 @@ def write_map_item(store: MapStore | str | os.PathLike[str], *,
         files = _Files(target.rsplit("/", 1)[0], storage_options)
         files.write_json(target.rsplit("/", 1)[1], doc)
         return target
-    path = Path(target)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_text(json.dumps(doc, indent=1))
-    os.replace(tmp, path)
-    return path
+    write_json(target, doc)
+    return Path(target)
 
 
 @contextlib.contextmanager

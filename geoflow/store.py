@@ -92,7 +92,6 @@ import logging
 import os
 import re
 import shutil
-import threading
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -101,6 +100,7 @@ import numpy as np
 import pandas as pd
 import xarray as xr
 
+from geoflow._jsonfile import write_json
 from geoflow.errors import StoreDamagedError, StoreError, StoreMismatchError, strip_secrets
 from geoflow.grid import GridSpec
 from geoflow.tiles import Chunk
@@ -198,22 +198,6 @@ def _fsync(path: Path) -> None:
         pass  # some filesystems refuse fsync on directories; the rename is still atomic
     finally:
         os.close(fd)
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    """Write JSON so that readers see the old file or the whole new one, never a part."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}-{threading.get_ident()}")
-    try:
-        with open(tmp, "w") as f:
-            json.dump(obj, f, sort_keys=True, indent=1)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)  # a full disk must not leave temporary files behind
-        raise
-    _fsync(path.parent)
 
 
 def _read_json(path: Path) -> Any:
@@ -320,7 +304,7 @@ class _Files:
         if self.remote:
             self.fs.pipe_file(self._p(rel), json.dumps(obj, sort_keys=True, indent=1).encode())
         else:
-            _atomic_write_json(Path(self._p(rel)), obj)
+            write_json(self._p(rel), obj, sort_keys=True)
 
     def create_json(self, rel: str, obj: Any) -> bool:
         """Write JSON once: False (nothing written) if ``rel`` already exists.

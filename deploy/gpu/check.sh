@@ -90,7 +90,7 @@ PY
 stages="$(mktemp "${TMPDIR:-/tmp}/geoflow-gpu-check.XXXXXX")"
 # shellcheck disable=SC2317  # run by the EXIT trap
 cleanup() {
-    rm -f "$stages" "$stages.part"
+    rm -f "$stages" "$(dirname "$stages")/.$(basename "$stages").tmp-"*
     if [ "$started" = yes ]; then
         "$py" -m geoflow.cli archive stop >/dev/null 2>&1 || log "could not stop the archive server"
     fi

@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from geoflow._jsonfile import write_json
 from geoflow.errors import ModelError
 from geoflow.model.checkpoint import checkpoint_paths, read_checkpoint, save_checkpoint
 from geoflow.model.data import CLOUD_BINS, PatchSet, make_patches, norm_stats, split_seed
@@ -444,9 +445,7 @@ def _load_state(out: Path, cfg: TrainConfig) -> dict[str, Any]:
 
 
 def _save_state(out: Path, state: dict[str, Any]) -> None:
-    tmp = out / (STATE_FILE + ".tmp")
-    tmp.write_text(json.dumps(state, indent=2))
-    os.replace(tmp, out / STATE_FILE)
+    write_json(out / STATE_FILE, state, indent=2)
 
 
 def train(out_dir: str | os.PathLike[str], config: TrainConfig | None = None, *,
