@@ -15,23 +15,13 @@ import sys
 from pathlib import Path
 
 import pytest
-from _helpers import untrained_model
+from _helpers import centre_quarter, untrained_model
 from distributed import Client
 
 from geoflow.store import MapStore
 
 SCRIPT = str(Path(__file__).resolve().parents[1] / "deploy" / "local" / "cluster.sh")
 CHUNK_PATCHES = 2
-
-
-def _region(archive: Path) -> tuple[str, str]:
-    """The centre of the small archive's demo bbox, ~1/4 of it: a few chunks, seconds a run."""
-    import json
-
-    info = json.loads((archive / "archive.json").read_text())
-    w, s, e, n = info["demo_bbox"]
-    cx, cy, hx, hy = (w + e) / 2, (s + n) / 2, (e - w) / 4, (n - s) / 4
-    return f"{cx - hx},{cy - hy},{cx + hx},{cy + hy}", info["datetime"]
 
 
 @pytest.fixture(scope="module")
@@ -77,7 +67,8 @@ def test_command_line_cluster_maps_like_a_local_cluster(cluster, hidden_model, s
     from geoflow.regional import classify_region
 
     address, hidden = cluster
-    bbox, dates = _region(Path(small_archive))
+    bbox_t, dates = centre_quarter(Path(small_archive))
+    bbox = ",".join(map(str, bbox_t))
     with Client(address, set_as_default=False) as client:
         info = client.scheduler_info()["workers"].values()
         assert sorted(w.get("resources", {}).get("GPU", 0) for w in info) == [0, 1]

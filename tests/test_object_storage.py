@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 import xarray as xr
-from _helpers import kill_midway
+from _helpers import archive_items, centre_quarter, kill_midway, untrained_model
 from test_store import TIMES, _create, _full_maps, _plan, _write
 
 from geoflow._cluster import aws_gdal_options, gdal_settings
@@ -211,17 +211,6 @@ def test_the_aws_environment_is_translated_for_gdal():
     assert aws_gdal_options({}) == {}
 
 
-def _items(archive: Path, collection: str) -> list[dict]:
-    lines = (archive / "items" / f"{collection}.ndjson").read_text().splitlines()
-    return [json.loads(line) for line in lines if line]
-
-
-def _with_hrefs(item: dict, prefix: str) -> dict:
-    """The item with its archive-relative asset hrefs (``assets/...``) under ``prefix``."""
-    return {**item, "assets": {k: {**a, "href": f"{prefix}/{a['href']}"}
-                               for k, a in item["assets"].items()}}
-
-
 def test_gdal_reads_s3_hrefs_from_the_server(bucket, small_archive):
     import rasterio
     from rasterio.windows import Window
@@ -231,14 +220,19 @@ def test_gdal_reads_s3_hrefs_from_the_server(bucket, small_archive):
     from geoflow.grid import GridSpec
 
     archive = Path(small_archive)
-    s2 = _items(archive, "sentinel-2-l2a")[0]
-    s1 = _items(archive, "sentinel-1-rtc")[0]
+
+    def first_pair(base: str) -> list[dict]:  # the archive's first S2 and first S1 item
+        items = archive_items(archive, base)
+        return [next(i for i in items if i["collection"] == c)
+                for c in ("sentinel-2-l2a", "sentinel-1-rtc")]
+
+    local, remote = first_pair(f"file://{archive}"), first_pair(f"s3://{bucket}")
     client = _boto(os.environ["AWS_ENDPOINT_URL"])
-    for item in (s2, s1):
+    for item in local:
         for asset in item["assets"].values():
-            client.upload_file(str(archive / asset["href"]), bucket, asset["href"])
-    local = [_with_hrefs(it, f"file://{archive}") for it in (s2, s1)]
-    remote = [_with_hrefs(it, f"s3://{bucket}") for it in (s2, s1)]
+            rel = asset["href"].removeprefix(f"file://{archive}/")
+            client.upload_file(str(archive / rel), bucket, rel)
+    s2 = local[0]
 
     settings = gdal_settings()  # translated from the AWS environment
     assert settings["AWS_S3_ENDPOINT"] == os.environ["AWS_ENDPOINT_URL"].split("://")[1]
@@ -262,29 +256,13 @@ def test_gdal_reads_s3_hrefs_from_the_server(bucket, small_archive):
 @pytest.fixture(scope="module")
 def model_path(tmp_path_factory: pytest.TempPathFactory) -> str:
     """A small untrained student checkpoint: the maps need a model, not a good one."""
-    import torch
-
-    from geoflow.model.checkpoint import save_checkpoint
-    from geoflow.model.networks import ArchSpec, build_network
-
-    torch.manual_seed(0)
-    spec = ArchSpec("student", n_classes=10)
-    path = tmp_path_factory.mktemp("model") / "student"
-    save_checkpoint(path, build_network(spec), spec, stage="untrained")
-    return str(path.with_suffix(".safetensors"))
-
-
-def _region(archive: Path) -> tuple[str, str]:
-    """The centre of the small archive's demo bbox, ~1/4 of it (as tests/test_regional.py)."""
-    info = json.loads((archive / "archive.json").read_text())
-    w, s, e, n = info["demo_bbox"]
-    cx, cy, hx, hy = (w + e) / 2, (s + n) / 2, (e - w) / 4, (n - s) / 4
-    return ",".join(map(str, (cx - hx, cy - hy, cx + hx, cy + hy))), info["datetime"]
+    return untrained_model(tmp_path_factory.mktemp("model"), 0)
 
 
 def _classify_cmd(archive: Path, out: str, stac_url: str, model_path: str) -> list[str]:
-    bbox, dates = _region(archive)
-    return [sys.executable, "-m", "geoflow.cli", "classify", "--bbox", bbox, "--dates", dates,
+    bbox, dates = centre_quarter(archive)
+    return [sys.executable, "-m", "geoflow.cli", "classify", "--bbox", ",".join(map(str, bbox)),
+            "--dates", dates,
             "--out", out, "--catalog", stac_url, "--workers", "2", "--model", model_path,
             "--chunk-patches", "2", "--json"]
 
@@ -340,7 +318,7 @@ def test_classify_region_writes_to_s3_with_storage_options_only(
     bucket = _new_bucket(s3_endpoint)
     options = {"endpoint_url": s3_endpoint, "key": "testing", "secret": _SECRET,
                "client_kwargs": {"region_name": "us-east-1"}}
-    bbox, dates = _region(Path(small_archive))
+    bbox, dates = centre_quarter(Path(small_archive))
     url = f"s3://{bucket}/opts.zarr"
     ds = classify_region(bbox, dates, out=url, catalog=stac_url, client=clean_client,
                          model=model_path, storage_options=options)

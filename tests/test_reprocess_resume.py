@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 import xarray as xr
 import yaml
-from _helpers import file_hashes, kill_midway
+from _helpers import centre_quarter, file_hashes, kill_midway
 
 from geoflow.retry import RetryPolicy
 
@@ -31,21 +31,13 @@ LEDGER = "_geoflow_ledger"
 FAST = RetryPolicy(attempts=2, backoff_s=0.1)
 
 
-def _region(archive: Path) -> tuple[float, float, float, float]:
-    """The centre of the demo bbox, ~1/4 of it (as tests/test_regional.py)."""
-    info = json.loads((archive / "archive.json").read_text())
-    w, s, e, n = info["demo_bbox"]
-    cx, cy, hx, hy = (w + e) / 2, (s + n) / 2, (e - w) / 4, (n - s) / 4
-    return (cx - hx, cy - hy, cx + hx, cy + hy)
-
-
 @pytest.fixture(scope="module")
 def previous(tmp_path_factory, small_archive, stac_url, client, models):
     """The first model's map of the region, and the sha256 of each of its files."""
     from geoflow.regional import classify_region
 
     out = tmp_path_factory.mktemp("resume-prev") / "map.zarr"
-    classify_region(_region(Path(small_archive)), DATES, out=str(out), catalog=stac_url,
+    classify_region(centre_quarter(Path(small_archive))[0], DATES, out=str(out), catalog=stac_url,
                     client=client, model=models[0], chunk_patches=CHUNK_PATCHES,
                     progress=False, retry=FAST)
     return out, file_hashes(out)
@@ -109,7 +101,7 @@ def test_workflow_reprocess_section_writes_report_and_supersedes(previous, model
 
     prev, prev_hashes = previous
     out, report_path = tmp_path / "maps" / "new.zarr", tmp_path / "maps" / "changes.json"
-    spec = {"bbox": list(_region(Path(small_archive))), "dates": DATES,
+    spec = {"bbox": list(centre_quarter(Path(small_archive))[0]), "dates": DATES,
             "catalog": {"url": stac_url}, "model": models[1], "out": str(out),
             "reprocess": {"previous": str(prev), "report": str(report_path)}}
     spec_path = tmp_path / "reprocess.yaml"
