@@ -116,26 +116,45 @@ def _score(pred: np.ndarray, allowed: np.ndarray, patch: np.ndarray, cond_w: np.
             "major": major}
 
 
-def _evaluate_set(model: Any, patches: BenPatches, batch_size: int) -> dict[str, Any]:
+def _predict_windows(model: Any, patches: BenPatches, batch_size: int) -> dict[str, Any]:
+    """Every window of ``patches``: its patch, the student's answer with and without SAR, and
+    the NDWI rule's class index."""
+    from geoflow.model._constants import CLASSES
+
+    w = cut_windows(patches, model.patch_size)
+    return {"patch": w["patch"],
+            "pred": model.predict(w["s2"], w["s1"], w["cloud"], batch_size=batch_size),
+            "no_sar": model.predict(w["s2"], np.full_like(w["s1"], np.nan), w["cloud"],
+                                    batch_size=batch_size),
+            "rule": np.array([CLASSES.index(c) for c in ndwi_rule(w["s2"])])}
+
+
+def _subset_windows(windows: dict[str, Any], ix: Sequence[int]) -> dict[str, Any]:
+    """The windows of patches ``ix`` (patch indices renumbered as in ``patches.subset(ix)``)."""
+    from geoflow.model.predict import Prediction
+
+    renumber = {int(p): k for k, p in enumerate(ix)}
+    m = np.isin(windows["patch"], list(ix))
+    return {"patch": np.array([renumber[int(p)] for p in windows["patch"][m]], dtype=int),
+            "pred": Prediction(windows["pred"].probs[m], windows["pred"].sar_weight[m]),
+            "no_sar": Prediction(windows["no_sar"].probs[m], windows["no_sar"].sar_weight[m]),
+            "rule": windows["rule"][m]}
+
+
+def _evaluate_set(model: Any, patches: BenPatches, windows: dict[str, Any]) -> dict[str, Any]:
     from geoflow.model._constants import CLASSES
 
     classes = tuple(model.classes)
-    w = cut_windows(patches, model.patch_size)
-    patch = w["patch"]
+    patch, pred, no_sar = windows["patch"], windows["pred"], windows["no_sar"]
     cond_p = patches.condition()
     cond_w = cond_p[patch]
     n = len(patches)
 
-    pred = model.predict(w["s2"], w["s1"], w["cloud"], batch_size=batch_size)
-    no_sar = model.predict(w["s2"], np.full_like(w["s1"], np.nan), w["cloud"],
-                           batch_size=batch_size)
     allowed = allowed_mask(patches.labels, classes)
     allowed10 = allowed_mask(patches.labels, CLASSES)
     student = _score(pred.labels.astype(int), allowed, patch, cond_w, cond_p, pred.probs)
     student_ns = _score(no_sar.labels.astype(int), allowed, patch, cond_w, cond_p, no_sar.probs)
-    rule_names = ndwi_rule(w["s2"])
-    rule = _score(np.array([CLASSES.index(c) for c in rule_names]), allowed10, patch, cond_w,
-                  cond_p)
+    rule = _score(windows["rule"], allowed10, patch, cond_w, cond_p)
 
     fams: dict[str, dict[str, Any]] = {}
     pfams = [families(labels) for labels in patches.labels]
@@ -243,10 +262,11 @@ def evaluate_real(spec: str = "bigearthnet", model: str | os.PathLike[str] | Non
 
     loaded = load(resolve_model(model), device=device)
     data = sets if sets is not None else open_sets(spec, cache=cache)
-    out = {name: _evaluate_set(loaded, p, batch_size) for name, p in data.items()}
+    windows = {name: _predict_windows(loaded, p, batch_size) for name, p in data.items()}
+    out = {name: _evaluate_set(loaded, p, windows[name]) for name, p in data.items()}
     if "dev" in data and "heldout" in data:
         out["heldout"]["by_acquisition"] = _split_by_acquisition(
-            loaded, data["dev"], data["heldout"], batch_size)
+            loaded, data["dev"], data["heldout"], windows["heldout"])
     return {
         "spec": spec,
         "model": {"checkpoint": str(loaded.path), "version": loaded.version,
@@ -256,8 +276,8 @@ def evaluate_real(spec: str = "bigearthnet", model: str | os.PathLike[str] | Non
     }
 
 
-def _split_by_acquisition(model: Any, dev: BenPatches, held: BenPatches, batch_size: int
-                          ) -> dict[str, dict[str, Any]]:
+def _split_by_acquisition(model: Any, dev: BenPatches, held: BenPatches,
+                          windows: dict[str, Any]) -> dict[str, dict[str, Any]]:
     """The held-out figures split by whether a patch shares an acquisition (satellite and date,
     :attr:`BenPatches.groups`) with a dev patch: such a pair is another area of the same
     overpass (same atmosphere, season and sensor state), so it is less independent of dev than
@@ -272,7 +292,7 @@ def _split_by_acquisition(model: Any, dev: BenPatches, held: BenPatches, batch_s
         entry: dict[str, Any] = {"patches": len(ix), "ids": list(sub.ids),
                                  "acquisitions": sorted(set(sub.groups))}
         if ix:
-            r = _evaluate_set(model, sub, batch_size)
+            r = _evaluate_set(model, sub, _subset_windows(windows, ix))
             entry.update(windows=r["windows"], fit=r["fit"], targets=r["targets"])
         out[key] = entry
     return out
