@@ -156,7 +156,8 @@ def _stack(items: list[dict], assets: list[str], grid: GridSpec, chunks: tuple[i
            dtype: str, fill: Any, resampling: Resampling) -> xr.DataArray:
     import stackstac
 
-    items = sign_items(items)  # stackstac opens the hrefs itself: sign them for this chunk
+    # stackstac opens the hrefs itself: sign the ones it reads, for this chunk
+    items = sign_items(items, assets)
     try:
         with warnings.catch_warnings():
             # stackstac 0.5.1 uses affine's deprecated `*` operator (4 warnings per call).

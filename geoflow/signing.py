@@ -376,11 +376,14 @@ def current(src: Any, href: str) -> bool:
     return unknown
 
 
-def sign_items(items: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Copies of ``items`` with every asset href signed (for readers geoflow cannot hook)."""
+def sign_items(items: list[dict[str, Any]], assets: Sequence[str] | None = None
+               ) -> list[dict[str, Any]]:
+    """Copies of ``items`` with the hrefs of ``assets`` (None: every asset) signed, for readers
+    geoflow cannot hook; the other assets are left as they are."""
     if not _ACTIVE[0]:
         return items
-    return [{**it, "assets": {k: {**a, "href": sign(str(a["href"]))}
+    return [{**it, "assets": {k: ({**a, "href": sign(str(a["href"]))}
+                                  if assets is None or k in assets else a)
                               for k, a in (it.get("assets") or {}).items()}} for it in items]
 
 
