@@ -135,10 +135,12 @@ def estimate_masks(s2: np.ndarray, *, cloudy: bool, snowy: bool
     """
     from geoflow.sentinel import S2_BANDS
 
-    b = {name: s2[i].astype(np.float64) for i, name in enumerate(S2_BANDS)}
     shape = s2.shape[1:]
     snow = np.zeros(shape, bool)
     cloud = np.zeros(shape, bool)
+    if not (cloudy or snowy):  # most patches: nothing to test
+        return cloud.astype(np.float32), snow.astype(np.float32)
+    b = {name: s2[i].astype(np.float64) for i, name in enumerate(S2_BANDS)}
     with np.errstate(invalid="ignore", divide="ignore"):
         if snowy:
             ndsi = (b["B03"] - b["B11"]) / (b["B03"] + b["B11"])
