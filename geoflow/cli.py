@@ -275,26 +275,24 @@ def search_cmd(
     s1_catalog: str | None = _S1_CATALOG,
 ) -> None:
     """List the Sentinel-2 and Sentinel-1 scenes a STAC API has for a bbox and dates."""
-    from geoflow.catalog import CatalogSettings, search_scenes
+    from dataclasses import replace
+
+    from geoflow.catalog import search_scenes, split_catalogs
     from geoflow.request import Request
     from geoflow.retry import RetryPolicy
 
     request = Request.from_user(bbox, dates, max_cloud=max_cloud,  # type: ignore[arg-type]
                                 max_area_km2=max_area_km2)  # type: ignore[arg-type]
     policy = RetryPolicy.from_options(retries=retries, timeout=timeout, deadline=deadline)
-    from geoflow.profiles import get_profile
-
-    prof = get_profile(profile, catalog)
-    s2_settings = CatalogSettings(
-        catalog, s2_collection=s2_collection or prof.s2_collection,
-        # An explicit --s1-collection on a catalog without usable Sentinel-1 (Earth Search's
-        # GRD) is refused by CatalogSettings with the way out, not dropped silently.
-        s1_collection=None if s1_catalog else (
-            s1_collection or (None if prof.s1_refusal else prof.s1_collection)), profile=prof)
-    cats: Any = s2_settings
-    if s1_catalog:
-        cats = {"s2": s2_settings, "s1": CatalogSettings(
-            s1_catalog, s2_collection=None, s1_collection=s1_collection or "sentinel-1-rtc")}
+    # The catalogs as classify sees them (profiles, one per sensor); then the collections
+    # asked for. An explicit --s1-collection on a catalog without usable Sentinel-1 (Earth
+    # Search's GRD) is refused by CatalogSettings with the way out, not dropped silently.
+    cats = split_catalogs({"s2": catalog, "s1": s1_catalog} if s1_catalog else catalog, profile)
+    if s2_collection:
+        cats["s2"] = replace(cats["s2"], s2_collection=s2_collection)
+    if s1_collection:
+        key = "s1" if "s1" in cats else "s2"
+        cats[key] = replace(cats[key], s1_collection=s1_collection)
     rows = search_scenes(request, cats, retry=policy).summary()
     if as_json:
         _print_json(rows)
