@@ -406,7 +406,7 @@ def _usable(entry: tuple[Any, threading.Lock] | None, href: str) -> bool:
             and current(entry[0], href))
 
 
-def _open_cached(href: str) -> tuple[Any, threading.Lock]:
+def _open_cached(href: str, failed: str | None = None) -> tuple[Any, threading.Lock]:
     with _OPEN_LOCK:
         entry = _OPEN.get(href)
         if _usable(entry, href):
@@ -420,7 +420,7 @@ def _open_cached(href: str) -> tuple[Any, threading.Lock]:
             entry = _OPEN.get(href)
             if _usable(entry, href):
                 return entry  # type: ignore[return-value]
-        src = open_raster(href)  # signed just before the open (geoflow.signing)
+        src = open_raster(href, failed)  # signed just before the open (geoflow.signing)
         src.geoflow_stat = _stat(href)
         src.geoflow_session = _SESSION[0]
         stale: list[tuple[Any, threading.Lock] | None] = []
@@ -437,24 +437,33 @@ def _open_cached(href: str) -> tuple[Any, threading.Lock]:
 
 def _read_window(href: str, window: Any) -> tuple[np.ndarray, Any]:
     """Band 1 in ``window`` and the nodata value; a kept-open dataset inside a read session."""
+    # One retry per read, here: a refused signature (an expired or revoked token: GDAL
+    # reports a refused block read without its HTTP status) reopens with a new token, and in a
+    # read session a handle kept from an earlier chunk may also be stale (server restarted). A
+    # real fault then fails with the open's own message (HTTP status).
+    failed: str | None = None
     try:
         if _SESSION[0] is None:  # outside a regional run: open, read, close
-            with open_raster(href) as src:
-                return src.read(1, window=window), src.nodata
-        for attempt in (1, 2):
-            src, lock = _open_cached(href)
-            with lock:
-                if not src.closed:  # not evicted between the lookup and the lock
+            for attempt in (1, 2):
+                with open_raster(href, failed) as src:
                     try:
                         return src.read(1, window=window), src.nodata
                     except Exception:
-                        # A handle kept from an earlier chunk can be stale (server restarted):
-                        # open afresh once; a real fault then fails with the open's own
-                        # message (HTTP status). A signed dataset has just done that itself,
-                        # with a new token (geoflow.signing): one retry per read, not two.
-                        if attempt == 2 or getattr(src, "geoflow_signed", None):
+                        failed = getattr(src, "geoflow_signed", None)
+                        if attempt == 2 or failed is None:  # unsigned: nothing to renew
                             raise
-            _forget(href)
+        else:
+            for attempt in (1, 2):
+                src, lock = _open_cached(href, failed)
+                with lock:
+                    if not src.closed:  # not evicted between the lookup and the lock
+                        try:
+                            return src.read(1, window=window), src.nodata
+                        except Exception:
+                            if attempt == 2:
+                                raise
+                            failed = getattr(src, "geoflow_signed", None)
+                _forget(href)
         raise RuntimeError("the dataset was closed twice while being read")  # pragma: no cover
     except Exception as err:
         _forget(href)

@@ -387,41 +387,6 @@ def sign_items(items: list[dict[str, Any]], assets: Sequence[str] | None = None
                               for k, a in (it.get("assets") or {}).items()}} for it in items]
 
 
-class _SignedDataset:
-    """A rasterio dataset opened from a signed URL. A read that fails (an expired or revoked
-    signature: GDAL reports a refused block read without its HTTP status) is retried once
-    on a dataset opened afresh with a new token. Everything else is the dataset's own."""
-
-    def __init__(self, src: Any, href: str, url: str) -> None:
-        self.__dict__.update(_src=src, _href=href, geoflow_signed=url)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.__dict__["_src"], name)
-
-    @property
-    def closed(self) -> bool:
-        return bool(self._src.closed)
-
-    def read(self, *args: Any, **kwargs: Any) -> Any:
-        try:
-            return self._src.read(*args, **kwargs)
-        except Exception:
-            url = _resign(self._href, self.geoflow_signed)
-            with contextlib.suppress(Exception):
-                self._src.close()
-            self.__dict__.update(_src=_rasterio_open(url), geoflow_signed=url)
-            return self._src.read(*args, **kwargs)
-
-    def close(self) -> None:
-        self._src.close()
-
-    def __enter__(self) -> _SignedDataset:
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.close()
-
-
 def _rasterio_open(url: str) -> Any:
     import rasterio
 
@@ -444,21 +409,27 @@ def _resign(href: str, failed: str) -> str:
     return href
 
 
-def open_raster(href: str) -> Any:
-    """``rasterio.open`` of ``href`` signed just now. An open or a later read that fails is
-    tried once more with a new token (counted in :func:`stats`): GDAL often reports a refused
-    signature (HTTP 403) as "not recognized" or "read failed", without the status, and a new
-    token costs one small request. A fault that is not the signature's fails again, with its
-    own message. Without active signers, or for an href no signer owns, a plain open."""
-    url = sign(href) if _ACTIVE[0] else href
+def open_raster(href: str, failed: str | None = None) -> Any:
+    """``rasterio.open`` of ``href`` signed just now; the dataset carries the signed URL as
+    ``geoflow_signed``. ``failed``: the signed URL of a dataset whose read was just refused,
+    so the open takes a new token. An open that fails is tried once more with a new token
+    (counted in :func:`stats`): GDAL often reports a refused signature (HTTP 403) as "not
+    recognized" or "read failed", without the status, and a new token costs one small
+    request. A fault that is not the signature's fails again, with its own message. A read
+    that fails is retried by the reader (:func:`geoflow.cube._read_window`), through here.
+    Without active signers, or for an href no signer owns, a plain open."""
+    if not _ACTIVE[0]:
+        return _rasterio_open(href)
+    url = _resign(href, failed) if failed else sign(href)
     if url == href:
         return _rasterio_open(href)
     try:
-        return _SignedDataset(_rasterio_open(url), href, url)
+        src = _rasterio_open(url)
     except Exception:
-        pass
-    url = _resign(href, url)
-    return _SignedDataset(_rasterio_open(url), href, url)
+        url = _resign(href, url)
+        src = _rasterio_open(url)
+    src.geoflow_signed = url
+    return src
 
 
 def stats() -> dict[str, int]:

@@ -664,10 +664,11 @@ def test_a_block_the_asset_does_not_cover_is_fill_without_a_read(
         np.testing.assert_array_equal(got, np.full((1, 1, 4, 6), fill, dtype=dtype))
 
 
+@pytest.mark.parametrize("session", ["refused", None])
 def test_a_refused_signed_read_is_retried_once_not_twice_over(
-        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    """Retries live in one place: a signed dataset re-signs and reopens once on a failed
-    read, and the read session does not add a second reopen (and a second token) on top."""
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, session: str | None) -> None:
+    """Retries live in one place, the reader: a refused signed read reopens once with a new
+    token (one open and one token more), in a read session or outside one."""
     from geoflow import signing
     from geoflow.cube import _read_window, close_datasets, read_session
 
@@ -685,6 +686,12 @@ def test_a_refused_signed_read_is_retried_once_not_twice_over(
         def __getattr__(self, name: str) -> Any:
             return getattr(self.src, name)
 
+        def __enter__(self) -> Any:
+            return self
+
+        def __exit__(self, *exc: Any) -> None:
+            self.src.close()
+
         def read(self, *args: Any, **kwargs: Any) -> Any:
             raise rasterio.errors.RasterioIOError("Read failed")
 
@@ -701,7 +708,7 @@ def test_a_refused_signed_read_is_retried_once_not_twice_over(
 
     monkeypatch.setattr(signing, "_rasterio_open", refusing_open)
     signing.reset()
-    read_session("refused")
+    read_session(session)
     try:
         with signing.activated([Signer()]), pytest.raises(RuntimeError, match="Read failed"):
             _read_window(href, rasterio.windows.Window(0, 0, 4, 4))
